@@ -1,0 +1,314 @@
+"""Datasets (offline first), the fixed private/public/test split, and client partitioners.
+
+``load(name)`` returns :class:`Splits`:
+
+* ``private_train``: the labelled data that gets partitioned across clients;
+* ``public``: an unlabelled set for server-side distillation (its labels are dropped here, so no
+  algorithm can use them);
+* ``test``: the official test set.
+
+Where the data come from, in order: ``root`` (or the ``REFT_DATA`` environment variable, default
+``~/.cache/reft``); for Fashion-MNIST the Debian package ``dataset-fashion-mnist``
+(``/usr/share/datasets/fashion-mnist``), unpacked into ``root``; then torchvision's download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+
+DATASETS = ("fashion-mnist", "cifar10")
+SCHEMES = ("iid", "dirichlet", "shards")
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# Unpacked IDX sizes (bytes): verified instead of the gz MD5s, which Debian's repacking changed.
+_FMNIST_FILES = {
+    "train-images-idx3-ubyte": 16 + 60000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60000,
+    "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10000,
+}
+_STATS = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+@dataclass(frozen=True)
+class Data:
+    """Images ``x`` (float32, N x C x H x W, normalized) and labels ``y`` (int64) or ``None``."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> Data:
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return Data(self.x[idx], None if self.y is None else self.y[idx])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three fixed parts of a dataset, plus what a model builder needs to know about it."""
+
+    name: str
+    private_train: Data
+    public: Data
+    test: Data
+    classes: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.test.x.shape[1]
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        """One test image, batch of 1: the input for FLOPs counting."""
+        return self.test.x[:1]
+
+    def subsample(
+        self, private: int | None = None, public: int | None = None, test: int | None = None, seed: int = 0
+    ) -> Splits:
+        """A smaller copy (seeded random subsets) for quick runs; ``None`` keeps a part whole."""
+        gen = np.random.default_rng(seed)
+
+        def cut(d: Data, n: int | None) -> Data:
+            if n is None or n >= len(d):
+                return d
+            if n < 1:
+                raise ValueError(f"A subsample needs at least 1 sample; got {n}.")
+            return d.take(np.sort(gen.choice(len(d), size=n, replace=False)))
+
+        return replace(
+            self, private_train=cut(self.private_train, private), public=cut(self.public, public), test=cut(self.test, test)
+        )
+
+    def describe(self) -> pd.DataFrame:
+        """Sizes of the three parts (a table for notebooks)."""
+        rows = [("private_train", self.private_train), ("public (unlabelled)", self.public), ("test", self.test)]
+        return pd.DataFrame(
+            [{"part": p, "samples": len(d), "shape": tuple(d.x.shape[1:])} for p, d in rows]
+        ).set_index("part")
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where datasets live: ``root``, else ``$REFT_DATA``, else ``~/.cache/reft``."""
+    return Path(root or os.environ.get("REFT_DATA") or Path.home() / ".cache" / "reft").expanduser()
+
+
+def load(
+    name: str, root: str | os.PathLike | None = None, public_size: int = 10000, seed: int = 0
+) -> Splits:
+    """Load a dataset and split its training set into private (labelled) and public (unlabelled).
+
+    Args:
+        name: ``fashion-mnist`` (offline default: 50k private / 10k public / 10k test) or
+            ``cifar10`` (40k / 10k held out from CIFAR-10's training set / 10k test).
+        root: data folder; default ``$REFT_DATA`` or ``~/.cache/reft``.
+        public_size: samples of the training set held out as the unlabelled public set.
+        seed: seed of the private/public split (fixed by default, so every run sees the same split).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}.")
+    root = data_root(root)
+    xtr, ytr, xte, yte, classes = (_fashion_mnist if name == "fashion-mnist" else _cifar10)(root)
+    n = len(xtr)
+    if not 0 < public_size < n:
+        raise ValueError(f"public_size must be between 1 and {n - 1}; got {public_size}.")
+    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in _STATS[name])
+    norm = lambda x: (x.float().div_(255) - mean) / std  # noqa: E731
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    pub, priv = perm[:public_size], perm[public_size:]
+    x = norm(xtr)
+    return Splits(
+        name=name,
+        private_train=Data(x[priv], ytr[priv]),
+        public=Data(x[pub], None),
+        test=Data(norm(xte), yte),
+        classes=tuple(classes),
+    )
+
+
+def prepare_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
+    """Make sure the unpacked Fashion-MNIST IDX files are in ``root/FashionMNIST/raw``.
+
+    Copies (never links) from the Debian package folder if needed. Returns the raw folder.
+    """
+    raw = data_root(root) / "FashionMNIST" / "raw"
+    if all(_size_ok(raw / f, size) for f, size in _FMNIST_FILES.items()):
+        return raw
+    if all((DEBIAN_FMNIST / f"{f}.gz").is_file() for f in _FMNIST_FILES):
+        raw.mkdir(parents=True, exist_ok=True)
+        for f, size in _FMNIST_FILES.items():
+            tmp = raw / f"{f}.tmp"
+            with gzip.open(DEBIAN_FMNIST / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            if not _size_ok(tmp, size):
+                tmp.unlink()
+                raise FileNotFoundError(f"{DEBIAN_FMNIST}/{f}.gz unpacks to the wrong size; reinstall the package.")
+            tmp.replace(raw / f)
+        return raw
+    try:
+        with _fail_fast():
+            torchvision.datasets.FashionMNIST(str(raw.parent.parent), train=True, download=True)
+            torchvision.datasets.FashionMNIST(str(raw.parent.parent), train=False, download=True)
+    except Exception as e:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {raw} and could not be downloaded ({type(e).__name__}: {e}).\n"
+            "Get it one of these ways:\n"
+            "  * Debian/Ubuntu, offline: sudo apt-get install dataset-fashion-mnist\n"
+            "  * with internet: python -m reft.data fashion-mnist  (torchvision downloads it)\n"
+            "  * or copy the four unpacked IDX files into that folder (or set REFT_DATA)."
+        ) from None
+    return raw
+
+
+def _size_ok(path: Path, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size
+
+
+_Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
+
+
+def _fashion_mnist(root: Path) -> _Raw:
+    prepare_fashion_mnist(root)
+    parts = []
+    for train in (True, False):
+        ds = torchvision.datasets.FashionMNIST(str(root), train=train, download=False)
+        parts.append((ds.data.unsqueeze(1), ds.targets.long(), ds.classes))
+    (xtr, ytr, classes), (xte, yte, _) = parts
+    counts = torch.bincount(ytr, minlength=10).tolist(), torch.bincount(yte, minlength=10).tolist()
+    if len(xtr) != 60000 or len(xte) != 10000 or counts != ([6000] * 10, [1000] * 10):
+        raise FileNotFoundError(f"Fashion-MNIST in {root} is incomplete or corrupt; delete it and run again.")
+    return xtr, ytr, xte, yte, classes
+
+
+def _cifar10(root: Path) -> _Raw:
+    parts = []
+    for train in (True, False):
+        try:
+            with _fail_fast():
+                ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+        except Exception as e:
+            raise FileNotFoundError(
+                f"CIFAR-10 is not in {root / 'cifar-10-batches-py'} and could not be downloaded "
+                f"({type(e).__name__}: {e}).\n"
+                "CIFAR-10 needs internet once: run `python -m reft.data cifar10` on a machine with internet "
+                "(or copy its cifar-10-batches-py folder into the data root / set REFT_DATA). "
+                "Offline, use the fashion-mnist dataset."
+            ) from None
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        parts.append((x, torch.tensor(ds.targets, dtype=torch.long), ds.classes))
+    (xtr, ytr, classes), (xte, yte, _) = parts
+    return xtr, ytr, xte, yte, classes
+
+
+class _fail_fast:
+    """Bound any download's socket wait, so an offline machine fails in seconds instead of hanging."""
+
+    def __enter__(self) -> None:
+        self._old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(10)
+
+    def __exit__(self, *exc: object) -> None:
+        socket.setdefaulttimeout(self._old)
+
+
+def partition(
+    labels: torch.Tensor | np.ndarray,
+    n_clients: int,
+    scheme: str = "iid",
+    alpha: float | None = None,
+    shards_per_client: int = 2,
+    seed: int = 0,
+    min_size: int = 1,
+) -> list[np.ndarray]:
+    """Split sample indices across clients; each sample goes to at most one client.
+
+    Args:
+        labels: label of every sample.
+        n_clients: number of clients.
+        scheme: ``iid`` (uniform random), ``dirichlet`` (per-class client proportions drawn from
+            Dirichlet(``alpha``); small alpha = very skewed) or ``shards`` (sorted by label, cut into
+            ``n_clients * shards_per_client`` shards, ``shards_per_client`` per client).
+        alpha: Dirichlet concentration (> 0), required for ``dirichlet``.
+        seed: the same seed gives the same partition.
+        min_size: every client gets at least this many samples (Dirichlet re-draws until so).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if scheme not in SCHEMES:
+        raise ValueError(f"Unknown partition scheme {scheme!r}. Valid schemes: {', '.join(SCHEMES)}.")
+    if not 1 <= n_clients <= n // max(min_size, 1):
+        raise ValueError(
+            f"n_clients must be between 1 and {n // max(min_size, 1)} for {n} samples "
+            f"(min_size={min_size}); got {n_clients}."
+        )
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        return [np.sort(p) for p in np.array_split(rng.permutation(n), n_clients)]
+    if scheme == "shards":
+        n_shards = n_clients * shards_per_client
+        if shards_per_client < 1 or n_shards > n:
+            raise ValueError(f"shards_per_client must be >= 1 and n_clients * it <= {n}; got {shards_per_client}.")
+        shards = np.array_split(np.argsort(labels, kind="stable"), n_shards)
+        order = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
+        return [np.sort(np.concatenate([shards[s] for s in row])) for row in order]
+    if alpha is None or not alpha > 0:
+        raise ValueError(f"The dirichlet scheme needs alpha > 0 (e.g. 0.5, or 0.1 for strong skew); got {alpha}.")
+    classes = np.unique(labels)
+    for _ in range(1000):
+        parts: list[list[int]] = [[] for _ in range(n_clients)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            cuts = (np.cumsum(rng.dirichlet(np.full(n_clients, alpha))) * len(idx)).astype(int)[:-1]
+            for k, chunk in enumerate(np.split(idx, cuts)):
+                parts[k].extend(chunk.tolist())
+        if min(len(p) for p in parts) >= min_size:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise ValueError(
+        f"Could not draw a Dirichlet(alpha={alpha}) partition with >= {min_size} samples per client in 1000 tries; "
+        "use fewer clients, a larger alpha or a smaller min_size."
+    )
+
+
+def label_histogram(labels: torch.Tensor | np.ndarray, parts: Sequence[np.ndarray], num_classes: int) -> pd.DataFrame:
+    """Samples per class (columns) for each client (rows)."""
+    labels = np.asarray(labels)
+    counts = [np.bincount(labels[p], minlength=num_classes) for p in parts]
+    return pd.DataFrame(counts, index=pd.Index(range(len(parts)), name="client"), columns=range(num_classes))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m reft.data [NAME ...]``: prepare (unpack or download) datasets and print their split."""
+    names = list(argv if argv is not None else sys.argv[1:]) or ["fashion-mnist"]
+    for name in names:
+        try:
+            splits = load(name)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"{name} ready in {data_root()}:")
+        print(splits.describe().to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

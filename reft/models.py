@@ -1,0 +1,215 @@
+"""Model builders with explicit widths, so a pruned model can be rebuilt from a small JSON spec.
+
+Every model built here has:
+
+* ``model.classifier``: the final ``nn.Linear`` (pruning must keep its outputs);
+* ``model.widths``: the current channel count of every prunable layer, read off the modules, so it is
+  still right after torch-pruning has physically removed channels;
+* ``model.spec``: ``{"name", "num_classes", "in_channels", "widths"}``, enough for :func:`build` to
+  make an identically shaped model (``build(**model.spec)``).
+
+Models work on 28x28 (Fashion-MNIST) and 32x32 (CIFAR) inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+_VGG_CFG = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class ReftModel(nn.Module):
+    """Base class: a model that knows its builder name and can report its spec."""
+
+    arch: str = ""
+    classifier: nn.Linear
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+
+    @property
+    def widths(self) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> dict:
+        return {
+            "name": self.arch,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "widths": self.widths,
+        }
+
+
+class SmallCNN(ReftModel):
+    """Three 3x3 conv blocks (conv-BN-ReLU-pool) and a two-layer classifier head.
+
+    ``widths = [conv1, conv2, conv3, hidden]``. The last pool is adaptive (2x2), so the head has the
+    same shape for 28x28 and 32x32 inputs.
+    """
+
+    arch = "cnn"
+    default_widths = (32, 64, 128, 128)
+
+    def __init__(self, num_classes: int, in_channels: int, widths: Sequence[int]) -> None:
+        super().__init__(num_classes, in_channels)
+        c1, c2, c3, hidden = widths
+        self.features = nn.Sequential(
+            *_conv_bn(in_channels, c1), nn.MaxPool2d(2),
+            *_conv_bn(c1, c2), nn.MaxPool2d(2),
+            *_conv_bn(c2, c3), nn.AdaptiveMaxPool2d(2),
+        )  # fmt: skip
+        self.fc = nn.Linear(c3 * 4, hidden)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    @property
+    def widths(self) -> list[int]:
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        return [c.out_channels for c in convs] + [self.fc.out_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.features(x), 1)
+        return self.classifier(torch.relu(self.fc(x)))
+
+
+class VGG(ReftModel):
+    """VGG with batch norm in its CIFAR form: conv stack, global pooling, one linear classifier.
+
+    ``widths`` lists the output channels of every conv layer in order. Max-pools use
+    ``ceil_mode=True`` so the five pools also fit 28x28 inputs (28-14-7-4-2-1).
+    """
+
+    def __init__(self, arch: str, num_classes: int, in_channels: int, widths: Sequence[int]) -> None:
+        super().__init__(num_classes, in_channels)
+        self.arch = arch
+        layers: list[nn.Module] = []
+        it = iter(widths)
+        cin = in_channels
+        for item in _VGG_CFG[arch]:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            else:
+                cout = next(it)
+                layers += _conv_bn(cin, cout)
+                cin = cout
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))
+        self.classifier = nn.Linear(cin, num_classes)
+
+    @property
+    def widths(self) -> list[int]:
+        return [m.out_channels for m in self.features if isinstance(m, nn.Conv2d)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block whose inner width may differ from its output width (after pruning)."""
+
+    def __init__(self, cin: int, inner: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, inner, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(ReftModel):
+    """ResNet-18 in its CIFAR form (3x3 stem, no stem max-pool), as in the REFT/FedDF experiments.
+
+    ``widths = [stage1, stage2, stage3, stage4, inner_1, ..., inner_8]``: the residual width of each
+    stage (stage 1 is also the stem width) followed by the inner width of each of the 8 blocks.
+    """
+
+    arch = "resnet18"
+    default_widths = (64, 128, 256, 512) + (64, 64, 128, 128, 256, 256, 512, 512)
+
+    def __init__(self, num_classes: int, in_channels: int, widths: Sequence[int]) -> None:
+        super().__init__(num_classes, in_channels)
+        stages, inner = list(widths[:4]), list(widths[4:])
+        self.stem = nn.Sequential(*_conv_bn(in_channels, stages[0]))
+        blocks: list[nn.Module] = []
+        cin = stages[0]
+        for s, cout in enumerate(stages):
+            for b in range(2):
+                stride = 2 if (s > 0 and b == 0) else 1
+                blocks.append(BasicBlock(cin, inner[2 * s + b], cout, stride))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    @property
+    def widths(self) -> list[int]:
+        blocks = list(self.blocks)
+        stages = [blocks[2 * s].conv2.out_channels for s in range(4)]
+        return stages + [b.conv1.out_channels for b in blocks]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def default_widths(name: str) -> list[int]:
+    """The dense (unpruned) widths of a named model."""
+    _check_name(name)
+    if name in _VGG_CFG:
+        return [c for c in _VGG_CFG[name] if c != "M"]
+    return list({"cnn": SmallCNN, "resnet18": ResNet18}[name].default_widths)
+
+
+MODEL_NAMES = ("cnn", "vgg11", "vgg16", "resnet18")
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"Unknown model {name!r}. Valid model names: {', '.join(MODEL_NAMES)}.")
+
+
+def build(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    widths: Sequence[int] | None = None,
+) -> ReftModel:
+    """Build a model by name.
+
+    Args:
+        name: one of ``cnn``, ``vgg11``, ``vgg16``, ``resnet18``.
+        num_classes: number of output classes.
+        in_channels: 1 for Fashion-MNIST, 3 for CIFAR.
+        widths: channels per prunable layer (see each class); ``None`` gives the dense model.
+            A pruned model's ``model.widths`` rebuilds it exactly.
+    """
+    _check_name(name)
+    dense = default_widths(name)
+    widths = dense if widths is None else [int(w) for w in widths]
+    if len(widths) != len(dense):
+        raise ValueError(f"{name} needs {len(dense)} widths (dense: {dense}); got {len(widths)}.")
+    if min(widths) < 1:
+        raise ValueError(f"Every width must be >= 1; got {widths}.")
+    if num_classes < 2 or in_channels < 1:
+        raise ValueError(f"num_classes must be >= 2 and in_channels >= 1; got {num_classes}, {in_channels}.")
+    if name in _VGG_CFG:
+        return VGG(name, num_classes, in_channels, widths)
+    return {"cnn": SmallCNN, "resnet18": ResNet18}[name](num_classes, in_channels, widths)

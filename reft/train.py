@@ -1,0 +1,109 @@
+"""Local training and evaluation loops on in-memory tensors, shared by every algorithm.
+
+Data stay as pre-loaded tensors (no DataLoader workers): for Fashion-MNIST-sized data this is
+about an order of magnitude faster per epoch on a 2-core CPU than a DataLoader with ``ToTensor``.
+Models run in ``channels_last`` memory format, which is measurably faster for convolutions on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class FitResult:
+    """What one call of :func:`fit` did: mean loss per epoch, samples seen, wall seconds."""
+
+    losses: list[float]
+    samples: int
+    seconds: float
+
+
+def _fmt(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int = 1,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` in place with mini-batch SGD on tensors ``x`` and targets ``y``.
+
+    ``y`` may hold class labels (default loss: cross-entropy) or anything ``loss_fn(logits, y_batch)``
+    accepts, e.g. soft targets for distillation. Shuffling and any randomness in the model are seeded
+    by ``seed``, so the same call on the same machine gives the same weights.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}.")
+    if len(x) == 0:
+        raise ValueError("Cannot train on an empty dataset.")
+    if epochs < 0 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"Need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}.")
+    loss_fn = loss_fn or F.cross_entropy
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device=device, memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    steps = (len(x) + batch_size - 1) // batch_size
+    with tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False) as bar:
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=gen)
+            total, n = 0.0, 0
+            for i in range(0, len(x), batch_size):
+                idx = order[i : i + batch_size]
+                xb, yb = _fmt(x[idx]).to(device), y[idx].to(device)
+                loss = loss_fn(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+                n += len(idx)
+                bar.update()
+            losses.append(total / n)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return FitResult(losses, epochs * len(x), time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 1000, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` (eval mode, batched), returned on the CPU."""
+    was_training = model.training
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    try:
+        out = [model(_fmt(x[i : i + batch_size]).to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device: str | torch.device = "cpu"
+) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``(x, y)``."""
+    if len(x) == 0:
+        raise ValueError("Cannot evaluate on an empty dataset.")
+    return (predict(model, x, batch_size, device).argmax(1) == y).float().mean().item()
