@@ -15,7 +15,6 @@ import struct
 from dataclasses import dataclass, field
 
 import pandas as pd
-import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -83,4 +82,3 @@ class Ledger:
         df = self.frame()
         table = df.pivot_table(index="round", columns="direction", values="bytes", aggfunc="sum", fill_value=0)
         return table.reindex(columns=["up", "down"], fill_value=0)
-

@@ -97,15 +97,18 @@ class Splits:
             return d.take(np.sort(gen.choice(len(d), size=n, replace=False)))
 
         return replace(
-            self, private_train=cut(self.private_train, private), public=cut(self.public, public), test=cut(self.test, test)
+            self,
+            private_train=cut(self.private_train, private),
+            public=cut(self.public, public),
+            test=cut(self.test, test),
         )
 
     def describe(self) -> pd.DataFrame:
         """Sizes of the three parts (a table for notebooks)."""
         rows = [("private_train", self.private_train), ("public (unlabelled)", self.public), ("test", self.test)]
-        return pd.DataFrame(
-            [{"part": p, "samples": len(d), "shape": tuple(d.x.shape[1:])} for p, d in rows]
-        ).set_index("part")
+        return pd.DataFrame([{"part": p, "samples": len(d), "shape": tuple(d.x.shape[1:])} for p, d in rows]).set_index(
+            "part"
+        )
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -113,9 +116,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("REFT_DATA") or Path.home() / ".cache" / "reft").expanduser()
 
 
-def load(
-    name: str, root: str | os.PathLike | None = None, public_size: int = 10000, seed: int = 0
-) -> Splits:
+def load(name: str, root: str | os.PathLike | None = None, public_size: int = 10000, seed: int = 0) -> Splits:
     """Load a dataset and split its training set into private (labelled) and public (unlabelled).
 
     Args:
@@ -206,7 +207,7 @@ def _cifar10(root: Path) -> _Raw:
         try:
             with _fail_fast():
                 ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
-        except Exception as e:
+        except (OSError, RuntimeError) as e:  # no network (URLError is an OSError) or files missing
             raise FileNotFoundError(
                 f"CIFAR-10 is not in {root / 'cifar-10-batches-py'} and could not be downloaded "
                 f"({type(e).__name__}: {e}).\n"
