@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +45,8 @@ def fit(
     weight_decay: float = 5e-4,
     seed: int = 0,
     loss_fn: LossFn | None = None,
+    schedule: str = "constant",
+    on_epoch: Callable[[int, float], None] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
     desc: str = "train",
@@ -50,8 +54,10 @@ def fit(
     """Train ``model`` in place with mini-batch SGD on tensors ``x`` and targets ``y``.
 
     ``y`` may hold class labels (default loss: cross-entropy) or anything ``loss_fn(logits, y_batch)``
-    accepts, e.g. soft targets for distillation. Shuffling and any randomness in the model are seeded
-    by ``seed``, so the same call on the same machine gives the same weights.
+    accepts, e.g. soft targets for distillation. ``schedule`` is ``constant`` or ``cosine`` (learning
+    rate annealed to 0 over all steps). ``on_epoch(epoch, mean_loss)`` is called after each epoch.
+    Shuffling and any randomness in the model are seeded by ``seed``, so the same call on the same
+    machine gives the same weights.
     """
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}.")
@@ -59,14 +65,17 @@ def fit(
         raise ValueError("Cannot train on an empty dataset.")
     if epochs < 0 or batch_size < 1 or lr <= 0:
         raise ValueError(f"Need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}.")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}.")
     loss_fn = loss_fn or F.cross_entropy
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device=device, memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    steps = (len(x) + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * steps)) if schedule == "cosine" else None
     losses: list[float] = []
     t0 = time.perf_counter()
-    steps = (len(x) + batch_size - 1) // batch_size
     with tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False) as bar:
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=gen)
@@ -78,11 +87,15 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 total += loss.item() * len(idx)
                 n += len(idx)
                 bar.update()
             losses.append(total / n)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if on_epoch is not None:
+                on_epoch(len(losses), losses[-1])
     return FitResult(losses, epochs * len(x), time.perf_counter() - t0)
 
 
@@ -98,6 +111,25 @@ def predict(
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def train_central(
+    model: nn.Module, splits: Any, epochs: int, seed: int = 0, progress: bool = True, **fit_kw: Any
+) -> pd.DataFrame:
+    """Train on all of ``splits.private_train`` (no federation): the reference every federated run is
+    compared to. Returns one row per epoch: loss, test accuracy, cumulative seconds of training."""
+    rows: list[dict] = []
+    clock = {"start": time.perf_counter(), "eval": 0.0}
+
+    def log(epoch: int, loss: float) -> None:
+        t = time.perf_counter()
+        acc = evaluate(model, splits.test.x, splits.test.y)
+        rows.append({"epoch": epoch, "loss": loss, "test_acc": acc, "train_s": t - clock["start"] - clock["eval"]})
+        clock["eval"] += time.perf_counter() - t
+
+    x, y = splits.private_train.x, splits.private_train.y
+    fit(model, x, y, epochs=epochs, seed=seed, on_epoch=log, progress=progress, desc="central", **fit_kw)
+    return pd.DataFrame(rows)
 
 
 def evaluate(

@@ -1,0 +1,237 @@
+"""Run every notebook through papermill with a named profile: ``python -m reft.reproduce --profile P``.
+
+Profiles live in ``notebooks/profiles.yaml``: a ``common`` block of parameters given to every notebook
+that declares them, and one block per notebook. Everything is validated (profile name, parameter
+names) before the first notebook starts.
+
+Resuming: after a notebook succeeds, a stamp ``results/P/notebooks/NAME.done.json`` records a
+fingerprint of what produced it: the notebook's cells, its resolved parameters and the source of the
+``reft`` package. A later run skips a notebook whose stamp matches and whose outputs all exist, so an
+interrupted reproduction picks up where it stopped; any change to the notebook, the profile or the
+code makes it run again. Tables and figures are written atomically by ``reft.report``, so an
+interruption never leaves a half-written file. A failing notebook keeps its executed copy (with the
+error in it) and the run exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from reft import report
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Job:
+    """One notebook to run with its resolved parameters."""
+
+    notebook: Path
+    parameters: dict
+
+    @property
+    def name(self) -> str:
+        return self.notebook.stem
+
+
+def notebooks_dir() -> Path:
+    return PACKAGE.parent / "notebooks"
+
+
+def load_profiles(path: Path | None = None) -> dict:
+    path = path or notebooks_dir() / "profiles.yaml"
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def declared_parameters(notebook: Path) -> dict:
+    """The parameters a notebook declares in its cell tagged ``parameters``."""
+    import papermill
+
+    return {k: v["default"] for k, v in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def plan(profile: str, profiles: dict, only: list[str] | None = None) -> list[Job]:
+    """Resolve a profile into jobs, or raise ValueError before anything runs."""
+    if profile not in profiles:
+        raise ValueError(f"Unknown profile {profile!r}. Profiles: {', '.join(profiles)}.")
+    spec = profiles[profile] or {}
+    common = spec.get("common") or {}
+    per_nb = spec.get("notebooks") or {}
+    notebooks = sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+    names = {nb.stem for nb in notebooks}
+    unknown_nb = sorted(set(per_nb) - names)
+    if unknown_nb:
+        raise ValueError(f"Profile {profile!r} names unknown notebooks {unknown_nb}. Notebooks: {sorted(names)}.")
+    if only:
+        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
+        if not notebooks:
+            raise ValueError(f"No notebook matches {only}. Notebooks: {sorted(names)}.")
+    jobs, used_common = [], set()
+    for nb in notebooks:
+        declared = declared_parameters(nb)
+        own = per_nb.get(nb.stem) or {}
+        bad = sorted(set(own) - set(declared))
+        if bad:
+            raise ValueError(
+                f"Profile {profile!r}: {nb.stem} has no parameter(s) {bad}. Its parameters: {sorted(declared)}."
+            )
+        shared = {k: v for k, v in common.items() if k in declared}
+        used_common |= set(shared)
+        jobs.append(Job(nb, {**shared, **own, "profile": profile}))
+    unused = sorted(set(common) - used_common)
+    if unused and not only:
+        raise ValueError(f"Profile {profile!r}: common parameter(s) {unused} are declared by no notebook.")
+    return jobs
+
+
+def code_fingerprint() -> str:
+    h = hashlib.sha256()
+    for f in sorted(PACKAGE.rglob("*")):
+        if f.is_file() and f.suffix in {".py", ".csv", ".yaml"}:
+            h.update(f.relative_to(PACKAGE).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(job: Job, code: str) -> str:
+    cells = [c["source"] for c in json.loads(job.notebook.read_text())["cells"]]
+    blob = json.dumps({"cells": cells, "parameters": job.parameters, "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def outputs_of(job: Job, profile: str) -> list[Path]:
+    """Tables and figures a notebook wrote: files named after its number (``00_*``)."""
+    prefix = job.name.split("_")[0] + "_"
+    found = [*report.results_dir(profile).glob(prefix + "*.csv"), *report.figures_dir(profile).glob(prefix + "*")]
+    return sorted(p for p in found if not p.name.startswith("."))
+
+
+def is_current(job: Job, profile: str, fp: str) -> bool:
+    stamp = stamp_path(job, profile)
+    if not stamp.is_file():
+        return False
+    done = json.loads(stamp.read_text())
+    root = report.root()
+    return done.get("fingerprint") == fp and all((root / p).is_file() for p in done.get("outputs", []))
+
+
+def stamp_path(job: Job, profile: str) -> Path:
+    return report.results_dir(profile) / "notebooks" / f"{job.name}.done.json"
+
+
+def run(profile: str, jobs: list[Job], force: bool = False) -> int:
+    """Run (or resume) the planned jobs of a profile; returns a process exit code."""
+    import papermill
+
+    code = code_fingerprint()
+    executed_dir = report.results_dir(profile) / "notebooks"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    for job in jobs:
+        fp = fingerprint(job, code)
+        if not force and is_current(job, profile, fp):
+            print(f"[skip] {job.name}: outputs are current for profile {profile!r}")
+            continue
+        stamp_path(job, profile).unlink(missing_ok=True)
+        out = executed_dir / job.notebook.name
+        print(f"[run ] {job.name} with {job.parameters}")
+        t0 = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(job.notebook), str(out), parameters=job.parameters, cwd=str(job.notebook.parent), progress_bar=True
+            )
+        except papermill.PapermillExecutionError as e:
+            print(f"[FAIL] {job.name}: {e.ename}: {e.evalue}\n       the executed copy shows the error: {out}")
+            return 1
+        seconds = time.perf_counter() - t0
+        root = report.root()
+        done = {
+            "fingerprint": fp,
+            "seconds": round(seconds, 1),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "parameters": job.parameters,
+            "outputs": [p.relative_to(root).as_posix() for p in outputs_of(job, profile)],
+        }
+        report.atomic_write(stamp_path(job, profile), lambda p, d=done: p.write_text(json.dumps(d, indent=1)))
+        print(f"[done] {job.name} in {seconds:.0f} s")
+    write_run_record(profile, jobs)
+    print(f"Profile {profile!r} complete in {time.perf_counter() - t_all:.0f} s; see {report.results_dir(profile)}")
+    return 0
+
+
+def machine() -> dict:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PACKAGE)
+    dirty = subprocess.run(["git", "status", "--porcelain", "reft", "notebooks"], capture_output=True, text=True)
+    return {
+        "commit": (commit.stdout.strip() or "unknown") + (" (uncommitted changes)" if dirty.stdout.strip() else ""),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": torch.get_num_threads(),
+        "gpu": gpu,
+        "os": platform.platform(),
+    }
+
+
+def write_run_record(profile: str, jobs: list[Job]) -> Path:
+    """``results/P/RUN.md``: what ran, where, with which code, and how long each notebook took."""
+    rows, total = [], 0.0
+    for job in jobs:
+        d = json.loads(stamp_path(job, profile).read_text())
+        rows.append(f"| {job.name} | {d['seconds']} | {d['finished']} |")
+        total += d["seconds"]
+    m = machine()
+    text = "\n".join(
+        [
+            f"# Run record: profile `{profile}`",
+            "",
+            *[f"- {k}: {v}" for k, v in m.items()],
+            "",
+            "| notebook | wall time (s) | finished (UTC) |",
+            "| --- | --- | --- |",
+            *rows,
+            "",
+            f"Total notebook time: {total:.0f} s (each notebook's last complete run).",
+            "",
+        ]
+    )
+    return report.atomic_write(report.results_dir(profile) / "RUN.md", lambda p: p.write_text(text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reft.reproduce", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="fmnist", help="profile name from notebooks/profiles.yaml")
+    ap.add_argument("--only", nargs="*", help="run only notebooks whose names start with these (e.g. 00 01)")
+    ap.add_argument("--force", action="store_true", help="run even notebooks whose outputs are current")
+    ap.add_argument("--list", action="store_true", help="list profiles and exit")
+    args = ap.parse_args(argv)
+    profiles = load_profiles()
+    if args.list:
+        for name, spec in profiles.items():
+            print(f"{name:8s} {(spec or {}).get('description', '')}")
+        return 0
+    try:
+        jobs = plan(args.profile, profiles, args.only)  # everything validated before anything runs
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run(args.profile, jobs, args.force)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""The profile runner: validation before running, resume by fingerprint, visible failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from reft import report, reproduce
+
+
+def _notebook(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "interactive"\nn = 1')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def nbdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(
+        d / "00_table.ipynb",
+        "import pandas as pd\nfrom reft import report\nreport.save_table(pd.DataFrame({'n': [n]}), '00_table', profile)",
+    )
+    monkeypatch.setattr(reproduce, "notebooks_dir", lambda: d)
+    monkeypatch.setenv("REFT_OUTPUT", str(tmp_path / "out"))
+    return d
+
+
+PROFILES = {"tiny": {"common": {"n": 2}}, "other": {"notebooks": {"00_table": {"n": 3}}}}
+
+
+def test_unknown_profile_or_parameter_fails_before_running(nbdir: Path) -> None:
+    with pytest.raises(ValueError, match="Profiles: tiny, other"):
+        reproduce.plan("nope", PROFILES)
+    with pytest.raises(ValueError, match=r"has no parameter\(s\) \['m'\]"):
+        reproduce.plan("bad", {"bad": {"notebooks": {"00_table": {"m": 1}}}})
+    with pytest.raises(ValueError, match="declared by no notebook"):
+        reproduce.plan("bad", {"bad": {"common": {"zzz": 1}}})
+    assert not (report.root() / "results").exists()
+
+
+def test_run_then_resume_skips_current_and_reruns_changed(nbdir: Path, capsys: pytest.CaptureFixture) -> None:
+    jobs = reproduce.plan("tiny", PROFILES)
+    assert jobs[0].parameters == {"n": 2, "profile": "tiny"}
+    assert reproduce.run("tiny", jobs) == 0
+    table = report.results_dir("tiny") / "00_table.csv"
+    assert table.read_text().split() == ["n", "2"]
+    stamp = json.loads((report.results_dir("tiny") / "notebooks" / "00_table.done.json").read_text())
+    assert stamp["outputs"] == ["results/tiny/00_table.csv"]
+    assert (report.results_dir("tiny") / "RUN.md").is_file()
+
+    assert reproduce.run("tiny", jobs) == 0
+    assert "[skip] 00_table" in capsys.readouterr().out
+
+    table.unlink()  # an output gone: not current any more
+    assert reproduce.run("tiny", jobs) == 0
+    assert "[run ] 00_table" in capsys.readouterr().out and table.is_file()
+
+
+def test_failed_notebook_exits_nonzero_and_keeps_the_error(nbdir: Path) -> None:
+    _notebook(nbdir / "01_broken.ipynb", "raise RuntimeError('boom')")
+    jobs = reproduce.plan("tiny", PROFILES)
+    assert reproduce.run("tiny", jobs) == 1
+    executed = (report.results_dir("tiny") / "notebooks" / "01_broken.ipynb").read_text()
+    assert "boom" in executed
+    assert not (report.results_dir("tiny") / "notebooks" / "01_broken.done.json").exists()
+
+
+def test_shipped_profiles_are_valid() -> None:
+    profiles = reproduce.load_profiles()
+    assert {"smoke", "fmnist", "paper"} <= set(profiles)
+    for name in profiles:
+        jobs = reproduce.plan(name, profiles)
+        assert jobs and all(j.parameters["profile"] == name for j in jobs)
