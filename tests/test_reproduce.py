@@ -24,10 +24,10 @@ def _notebook(path: Path, body: str) -> None:
 def nbdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "notebooks"
     d.mkdir()
-    _notebook(
-        d / "00_table.ipynb",
-        "import pandas as pd\nfrom reft import report\nreport.save_table(pd.DataFrame({'n': [n]}), '00_table', profile)",
+    body = (
+        "import pandas as pd\nfrom reft import report\nreport.save_table(pd.DataFrame({'n': [n]}), '00_table', profile)"
     )
+    _notebook(d / "00_table.ipynb", body)
     monkeypatch.setattr(reproduce, "notebooks_dir", lambda: d)
     monkeypatch.setenv("REFT_OUTPUT", str(tmp_path / "out"))
     return d
