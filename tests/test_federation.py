@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from reft import comm, data, federation, report, tiers
+from reft.federation import RunConfig
+
+# 4 clients x 100 samples, a tiny CNN, 2 rounds: a whole run takes about a second.
+TINY = dict(
+    private_size=400, public_size=200, test_size=200, n_clients=4, rounds=2, widths=[4, 8, 16, 16],
+    distill_epochs=2, max_ratio=0.5, progress=False,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def splits(fmnist: data.Splits) -> data.Splits:
+    # Tiny tensors gain nothing from intra-op threads, and on a shared CPU the thread hand-offs cost
+    # up to 10x: one thread here (restored afterwards).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield fmnist
+    torch.set_num_threads(threads)
+
+
+def _run(splits: data.Splits, **kw) -> federation.RunResult:
+    return federation.run(RunConfig(**{**TINY, **kw}), splits)
+
+
+def _spy_received(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every payload that reached the other side (a model is only ever received by decoding it)."""
+    received: list[bytes] = []
+    real = comm.decode
+
+    def spy(payload: bytes):
+        received.append(payload)
+        return real(payload)
+
+    monkeypatch.setattr(comm, "decode", spy)
+    return received
+
+
+def test_fedavg_ledger_counts_every_encoded_byte_and_broadcasts_every_round(splits, monkeypatch) -> None:
+    sent = _spy_received(monkeypatch)
+    res = _run(splits, algorithm="fedavg")
+    led = res.ledger
+    assert led.total() == sum(len(p) for p in sent)  # every byte received, and nothing else
+    full = len(comm.encode(res.strategy.server_model))
+    per_round = led.per_round()
+    assert per_round["down"].tolist() == [4 * full] * 2  # clients x encoded full model, every round
+    assert per_round["up"].tolist() == [4 * full] * 2
+    h = res.history
+    assert h["bytes_down"].tolist() == per_round["down"].tolist()
+    assert h["cum_bytes"].iloc[-1] == led.total()
+
+
+def test_reft_sends_pruned_models_once_and_refresh_sends_again(splits, monkeypatch) -> None:
+    sent = _spy_received(monkeypatch)
+    res = _run(splits, algorithm="reft")
+    led = res.ledger.frame()
+    assert res.ledger.total() == sum(len(p) for p in sent)
+    down = led[led.direction == "down"]
+    assert down["round"].tolist() == [1] * 4 and sorted(down["client"]) == [0, 1, 2, 3]
+    # each client got exactly the model its tier's ratio asks for: weaker tiers, smaller models
+    ct = res.clients.set_index("client")
+    dense_bytes = len(comm.encode(res.strategy.server_model))
+    assert down.set_index("client")["bytes"].to_dict() == ct["model_bytes"].to_dict()
+    assert ct["model_bytes"].max() == dense_bytes and ct["model_bytes"].min() < dense_bytes / 2
+    assert res.history["bytes_down"].tolist() == [down["bytes"].sum(), 0]
+    assert {"ensemble_acc", "distill_epochs"} <= set(res.history.columns)
+
+    refreshed = _run(splits, algorithm="reft", refresh_every=1).ledger.per_round()
+    assert (refreshed["down"] > 0).all()
+
+
+def test_weakest_baseline_runs_the_smallest_model_everywhere(splits) -> None:
+    res = _run(splits, algorithm="fedavg-weakest")
+    assert res.clients["widths"].map(tuple).nunique() == 1
+    reft_clients = _run(splits, algorithm="reft", rounds=1).clients
+    assert res.clients["params"].iloc[0] == reft_clients["params"].min()
+
+
+@pytest.mark.parametrize("algorithm", sorted(federation.ALGORITHMS))
+def test_dropout_completes_and_ledger_counts_only_participants(splits, algorithm) -> None:
+    res = _run(splits, algorithm=algorithm, dropout=0.3)  # 30% of 4 clients: 1 drops each round
+    h, led = res.history, res.ledger.frame()
+    assert len(h) == 2 and (h["participants"] == 3).all()
+    for rnd in (1, 2):
+        active = set(federation._participants(res.config, rnd))
+        ups = led[(led["round"] == rnd) & (led.direction == "up")]
+        assert sorted(ups["client"]) == sorted(active)  # one upload per participant, none from dropped clients
+        assert set(led.loc[led["round"] == rnd, "client"]) <= active
+    assert h["server_acc"].notna().all()
+
+
+def test_same_seed_same_table_other_seed_differs(splits) -> None:
+    a, b = _run(splits, algorithm="reft", dropout=0.3), _run(splits, algorithm="reft", dropout=0.3)
+    c = _run(splits, algorithm="reft", dropout=0.3, seed=1)
+    drop = list(federation.TIMING_COLUMNS)
+    pd.testing.assert_frame_equal(a.history.drop(columns=drop), b.history.drop(columns=drop))
+    pd.testing.assert_frame_equal(a.ledger.frame(), b.ledger.frame())
+    table = [pd.DataFrame([federation.summary(r, 0.5)]).drop(columns="overhead_pct") for r in (a, b)]
+    pd.testing.assert_frame_equal(*table)
+    sa, sb = a.strategy.server_model.state_dict(), b.strategy.server_model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not a.history.drop(columns=drop).equals(c.history.drop(columns=drop))
+
+
+def test_history_is_saved_after_every_round(splits) -> None:
+    res = _run(splits, algorithm="fedavg", save_as="test_fed_history", profile="test")
+    saved = pd.read_csv(report.results_dir("test") / "test_fed_history.csv")
+    assert len(saved) == 2
+    assert saved["cum_bytes"].tolist() == res.history["cum_bytes"].tolist()
+    assert 0 <= res.overhead_pct < 100
+
+
+def test_bad_input_gives_clear_errors(splits) -> None:
+    with pytest.raises(ValueError, match="unknown algorithm 'fedprox'; valid algorithms: reft, fedavg, fedavg-weakest"):
+        RunConfig(algorithm="fedprox")
+    with pytest.raises(ValueError, match="rounds must be >= 1; got 0"):
+        RunConfig(rounds=0)
+    with pytest.raises(ValueError, match="temperature must be > 0; got 0"):
+        RunConfig(temperature=0)
+    with pytest.raises(ValueError, match="public_size must be >= 1 .*unlabelled public set"):
+        RunConfig(public_size=0)
+    with pytest.raises(ValueError, match="dirichlet' needs alpha > 0"):
+        RunConfig(partition="dirichlet")
+    with pytest.raises(ValueError, match=r"More clients \(50\) than private samples \(20\)"):
+        federation.run(RunConfig(**{**TINY, "private_size": 20, "n_clients": 50}), splits)
+    empty_public = data.Splits(
+        "x", splits.private_train, data.Data(splits.public.x[:0], None), splits.test, splits.classes
+    )
+    with pytest.raises(ValueError, match="public set is empty"):
+        federation.run(RunConfig(**TINY), empty_public)
+    # several mistakes at once are reported together
+    with pytest.raises(ValueError, match="rounds must be >= 1.*dropout must be in"):
+        RunConfig(rounds=0, dropout=1.5)
+
+
+def test_average_is_the_weighted_mean() -> None:
+    a = {"w": torch.tensor([0.0, 4.0]), "n": torch.tensor(2)}
+    b = {"w": torch.tensor([4.0, 0.0]), "n": torch.tensor(4)}
+    out = federation.average([a, b], [3, 1])
+    assert torch.allclose(out["w"], torch.tensor([1.0, 3.0]))
+    assert out["n"].dtype == torch.int64 and out["n"].item() == 2
+
+
+def test_budget_and_time_to_accuracy() -> None:
+    h = pd.DataFrame({"server_acc": [0.3, 0.6, 0.5], "cum_bytes": [1e6, 2e6, 3e6], "cum_sim_s": [1.0, 2.0, 3.0]})
+    assert federation.time_to_accuracy(h, 0.55) == 2.0
+    assert pd.isna(federation.time_to_accuracy(h, 0.9))
+    table = federation.budget_table({"m": h}, [0.5, 1.0, 2.5, 10])
+    assert table["m"].tolist()[1:] == [0.3, 0.6, 0.6] and pd.isna(table["m"].iloc[0])
+    # default budgets: fractions of the reference method's total, the last one exactly its total
+    rel = federation.budget_table({"fedavg": h, "m": h.assign(cum_bytes=h["cum_bytes"] / 10)}, fractions=(0.1, 1.0))
+    assert rel.index.tolist() == [0.3, 3.0] and rel["fedavg"].tolist()[1] == 0.6 and rel["m"].tolist() == [0.6, 0.6]
+
+
+def test_client_table_says_which_tiers_cannot_afford_the_model(splits) -> None:
+    res = _run(splits, algorithm="fedavg", rounds=1, deadline_s=0.01)
+    ct = res.clients.set_index("tier")
+    assert ct["fits_memory"].all()  # a tiny CNN fits every tier's memory
+    # the same model takes longer on a weaker tier; only tiers within 10 ms meet the deadline
+    assert (ct["meets_deadline"] == (ct["round_time_s"] <= 0.01)).all()
+    strongest_first = [t for t in tiers.load_tiers().index if t in ct.index]
+    times = ct.loc[strongest_first, "round_time_s"].tolist()
+    assert times == sorted(times) and not ct["meets_deadline"].all() and ct["meets_deadline"].any()
