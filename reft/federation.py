@@ -29,9 +29,10 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -161,10 +162,17 @@ class Client:
 class Federation:
     """What a strategy may look at: config, data, clients, tiers, pruning ratios, and model helpers."""
 
-    def __init__(self, cfg: RunConfig, splits: data.Splits) -> None:
+    def __init__(self, cfg: RunConfig, splits: data.Splits, clients: Sequence[Client] | None = None) -> None:
+        """``clients`` replaces the simulated ones (e.g. remote clients that reported tier and size)."""
         self.cfg = cfg
         self.splits = splits
         self.tiers = tiers_mod.load_tiers(cfg.tiers_path)
+        self.public_x = splits.public.x
+        self.example_input = splits.example_input
+        self._train_flops: dict[str, int] = {}
+        if clients is not None:
+            self.clients = list(clients)
+            return
         mix = cfg.tier_mix if cfg.tier_mix is not None else {t: 1.0 for t in self.tiers.index}
         tier_of = tiers_mod.assign(cfg.n_clients, mix, tiers=self.tiers, seed=cfg.seed)
         parts = data.partition(
@@ -173,9 +181,6 @@ class Federation:
         self.clients = [
             Client(i, tier_of[i], splits.private_train.x[p], splits.private_train.y[p]) for i, p in enumerate(parts)
         ]
-        self.public_x = splits.public.x
-        self.example_input = splits.example_input
-        self._train_flops: dict[str, int] = {}
 
     def dense_model(self) -> models.ReftModel:
         """The server's dense model, initialized from the run's seed (same seed, same weights)."""
@@ -308,15 +313,34 @@ class FedAvgWeakest(FedAvg):
     weakest = True
 
 
-def average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """Weighted mean of state dicts with identical keys and shapes (integer buffers rounded back)."""
+def average_overlapping(
+    global_state: Mapping[str, torch.Tensor],
+    states: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float],
+) -> dict[str, torch.Tensor]:
+    """Weighted mean, entry by entry, over the uploads whose leading slice covers the entry (HeteroFL);
+    entries no upload holds keep their value in ``global_state``. When every upload has the global
+    shapes this is plain weighted averaging (FedAvg): one mechanism serves both. Computed in float64,
+    cast back; integer buffers (BN's ``num_batches_tracked``) are rounded."""
+    if len(states) != len(weights) or not states:
+        raise ValueError("Need one weight per upload, and at least one upload.")
     w = [float(x) for x in weights]
-    total = sum(w)
     out = {}
-    for k, ref in states[0].items():
-        mean = sum(wi * s[k].double() for wi, s in zip(w, states, strict=True)) / total  # float64, then cast back
-        out[k] = mean.round().to(ref.dtype) if not ref.is_floating_point() else mean.to(ref.dtype)
+    for k, g in global_state.items():
+        num = torch.zeros(g.shape, dtype=torch.float64)
+        den = torch.zeros(g.shape, dtype=torch.float64)
+        for wi, s in zip(w, states, strict=True):
+            region = tuple(slice(0, n) for n in s[k].shape)
+            num[region] += wi * s[k].double()
+            den[region] += wi
+        mean = torch.where(den > 0, num / den.clamp_min(1e-300), g.double())
+        out[k] = mean.round().to(g.dtype) if not g.is_floating_point() else mean.to(g.dtype)
     return out
+
+
+def average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Weighted mean of state dicts with identical keys and shapes (FedAvg)."""
+    return average_overlapping(states[0], states, weights)
 
 
 ALGORITHMS: dict[str, Callable[[], Strategy]] = {}
@@ -355,7 +379,7 @@ class RunResult:
         return 100.0 * (wall - work) / wall
 
 
-def _prepare(cfg: RunConfig, splits: data.Splits | None) -> data.Splits:
+def prepare(cfg: RunConfig, splits: data.Splits | None) -> data.Splits:
     if splits is None:
         splits = data.load(cfg.dataset, seed=cfg.seed)
     splits = splits.subsample(cfg.private_size, cfg.public_size, cfg.test_size, seed=cfg.seed)
@@ -376,7 +400,7 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
     apply. ``strategy`` overrides ``cfg.algorithm`` with a ready-made strategy object.
     """
     cfg.validate()
-    splits = _prepare(cfg, splits)
+    splits = prepare(cfg, splits)
     fed = Federation(cfg, splits)
     strategy = strategy or ALGORITHMS[cfg.algorithm]()
     ledger = comm.Ledger()
@@ -390,7 +414,7 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
     for rnd in bar:
         t_round = time.perf_counter()
         work = setup_s if rnd == 1 else 0.0
-        active = _participants(cfg, rnd)
+        active = participants(cfg, rnd)
         uploads: dict[int, nn.Module] = {}
         stats: list[dict] = []
         for cid in active:
@@ -405,10 +429,7 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
             if cl.model is None:
                 raise RuntimeError(f"{strategy.name}: client {cid} has no model; send() must give it one first.")
             t = time.perf_counter()
-            train.fit(
-                cl.model, cl.x, cl.y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                seed=cfg.seed * 100_003 + rnd * 1_009 + cid,
-            )  # fmt: skip
+            client_update(cfg, cl.model, cl.x, cl.y, rnd, cid)
             acc = train.evaluate(cl.model, splits.test.x, splits.test.y) if cfg.eval_clients else float("nan")
             work += time.perf_counter() - t
             payload = ledger.record(rnd, cid, "up", comm.encode(cl.model))
@@ -457,7 +478,16 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
     )
 
 
-def _participants(cfg: RunConfig, rnd: int) -> list[int]:
+def client_update(
+    cfg: RunConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rnd: int, cid: int
+) -> train.FitResult:
+    """A client's local training in round ``rnd``, seeded by (run seed, round, client): every engine
+    (in-process, Flower) calls this, so the same seed trains identically everywhere."""
+    seed = cfg.seed * 100_003 + rnd * 1_009 + cid
+    return train.fit(model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed)
+
+
+def participants(cfg: RunConfig, rnd: int) -> list[int]:
     """Clients in this round: a seeded random ``dropout`` fraction drops out (at least one stays)."""
     n_drop = min(int(round(cfg.dropout * cfg.n_clients)), cfg.n_clients - 1)
     rng = np.random.default_rng([cfg.seed, rnd])
@@ -510,7 +540,7 @@ def summary(result: RunResult, target_acc: float | None = None) -> dict:
     up, down = result.ledger.total("up"), result.ledger.total("down")
     row = {
         "method": result.strategy.name,
-        "partition": cfg.partition if cfg.partition != "dirichlet" else f"dirichlet({cfg.alpha:g})",
+        "partition": partition_label(cfg.partition if cfg.partition != "dirichlet" else cfg.alpha),
         "rounds": len(h),
         "final_acc": float(h["server_acc"].iloc[-1]),
         "best_acc": float(h["server_acc"].max()),
@@ -546,6 +576,37 @@ class Comparison:
     results: list[RunResult] = field(repr=False)
 
 
+def partition_label(partition: str | float) -> str:
+    """How a partition is named in tables: ``iid``, ``shards`` or ``dirichlet(0.5)``."""
+    return partition if isinstance(partition, str) else f"dirichlet({float(partition):g})"
+
+
+def sweep(
+    base: RunConfig,
+    splits: data.Splits | None,
+    variants: Mapping[Hashable, Mapping[str, Any]],
+    names: Sequence[str] = ("variant",),
+    target_acc: float | None = None,
+    save_prefix: str | None = None,
+) -> Comparison:
+    """Run ``base`` once per variant (a dict of RunConfig changes, keyed by its label or a tuple of
+    labels named by ``names``): one summary row per run, every history and client table, labelled.
+
+    With ``save_prefix`` each run's history is saved after every round as
+    ``results/<profile>/<save_prefix>_<labels>.csv``.
+    """
+    results, tables, histories, clients = [], [], [], []
+    for key, changes in tqdm(variants.items(), desc="runs", disable=not base.progress):
+        labels = dict(zip(names, key if isinstance(key, tuple) else (key,), strict=True))
+        name = "_".join([save_prefix, *map(str, labels.values())]) if save_prefix else None
+        res = run(base.replace(save_as=name, **changes), splits)
+        results.append(res)
+        tables.append({**summary(res, target_acc), **labels})
+        histories.append(res.history.assign(**labels))
+        clients.append(res.clients.assign(**labels))
+    return Comparison(pd.DataFrame(tables), pd.concat(histories, ignore_index=True), pd.concat(clients), results)
+
+
 def compare(
     base: RunConfig,
     splits: data.Splits | None = None,
@@ -554,23 +615,10 @@ def compare(
     target_acc: float | None = None,
     save_prefix: str | None = None,
 ) -> Comparison:
-    """Run every method on every partition with otherwise identical settings (``base``).
-
-    With ``save_prefix`` each run's history is saved after every round as
-    ``results/<profile>/<save_prefix>_<method>_<partition>.csv``.
-    """
-    results, tables, histories, clients = [], [], [], []
-    runs = [(p, m) for p in partitions for m in methods]
-    for p, m in tqdm(runs, desc="runs", disable=not base.progress):
-        tag = partition_kw(p)
-        name = f"{save_prefix}_{m}_{p}" if save_prefix else None
-        res = run(base.replace(algorithm=m, save_as=name, **tag), splits)
-        label = summary(res)["partition"]
-        results.append(res)
-        tables.append(summary(res, target_acc))
-        histories.append(res.history.assign(partition=label))
-        clients.append(res.clients.assign(method=m, partition=label))
-    return Comparison(pd.DataFrame(tables), pd.concat(histories, ignore_index=True), pd.concat(clients), results)
+    """Every method on every partition with otherwise identical settings (``base``): a :func:`sweep`
+    labelled by ``method`` and ``partition``."""
+    variants = {(m, partition_label(p)): {"algorithm": m, **partition_kw(p)} for p in partitions for m in methods}
+    return sweep(base, splits, variants, ("method", "partition"), target_acc, save_prefix)
 
 
 def budget_table(
@@ -590,3 +638,6 @@ def budget_table(
         budgets_mb = [f * top / 1e6 for f in fractions]
     table = {name: [accuracy_at_budget(h, b * 1e6) for b in budgets_mb] for name, h in histories.items()}
     return pd.DataFrame(table, index=pd.Index(list(budgets_mb), name="budget_mb"))
+
+
+from reft import peers  # noqa: E402, F401  (registers the peers FedDF and HeteroFL; imports this module)

@@ -87,7 +87,7 @@ def test_dropout_completes_and_ledger_counts_only_participants(splits, algorithm
     h, led = res.history, res.ledger.frame()
     assert len(h) == 2 and (h["participants"] == 3).all()
     for rnd in (1, 2):
-        active = set(federation._participants(res.config, rnd))
+        active = set(federation.participants(res.config, rnd))
         ups = led[(led["round"] == rnd) & (led.direction == "up")]
         assert sorted(ups["client"]) == sorted(active)  # one upload per participant, none from dropped clients
         assert set(led.loc[led["round"] == rnd, "client"]) <= active

@@ -1,0 +1,113 @@
+"""The strongest peers of REFT as strategies on the same engine: FedDF and HeteroFL.
+
+* **FedDF** (Lin et al., NeurIPS 2020): clients are grouped by architecture (here: by the widths their
+  tier's pruning ratio gives). Every round the server sends each group's model to its clients; after
+  local training it averages the uploads within each group, then distils the ensemble of *all*
+  uploads into every group model on the public set (held-out early stopping of :mod:`reft.distill`).
+  Unlike REFT, a model travels down to every client every round.
+* **HeteroFL** (Diao et al., ICLR 2021): one global model; a client of a tier gets the leading slice
+  of every layer's channels at its tier's widths (the same widths REFT's pruning gives that tier, so
+  both approaches are compared at equal client cost); the server averages every parameter entry over
+  the clients that hold it. Batch norm: HeteroFL's static BN (no running statistics in training,
+  recomputed on data for evaluation) would need an extra, uncounted pass over client data here;
+  instead, running statistics are averaged entry by entry like the weights (and so are as current as
+  the last round). Same treatment for every entry, no extra traffic.
+
+Both register themselves with :func:`reft.federation.register` as ``feddf`` and ``heterofl``
+(``reft.federation`` imports this module, so the names are always available).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from reft import distill, models
+from reft.federation import Client, Federation, Strategy, average, average_overlapping, register
+
+
+def leading_slice(state: Mapping[str, torch.Tensor], like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The leading block of every tensor of ``state`` with the shape of the same key in ``like``."""
+    out = {}
+    for k, ref in like.items():
+        src = state[k]
+        if src.dim() != ref.dim() or any(r > s for r, s in zip(ref.shape, src.shape, strict=True)):
+            raise ValueError(f"{k}: a {tuple(ref.shape)} slice does not fit in {tuple(src.shape)}.")
+        out[k] = src[tuple(slice(0, n) for n in ref.shape)].clone()
+    return out
+
+
+class HeteroFL(Strategy):
+    """One global model; width-sliced sub-models per tier; per-entry averaging."""
+
+    name = "heterofl"
+
+    def setup(self, fed: Federation) -> None:
+        self.server_model = fed.dense_model()
+        self.tier_widths = {t: fed.prune(self.server_model, r).widths for t, r in fed.ratios.items()}
+
+    def send(self, fed: Federation, rnd: int, client: Client) -> nn.Module:
+        spec = {**self.server_model.spec, "widths": self.tier_widths[client.tier]}
+        sub = models.build(**spec)
+        sub.load_state_dict(leading_slice(self.server_model.state_dict(), sub.state_dict()))
+        return sub
+
+    def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
+        ids = sorted(uploads)
+        states = [uploads[i].state_dict() for i in ids]
+        self.server_model.load_state_dict(average_overlapping(self.server_model.state_dict(), states, fed.weights(ids)))
+        return {}
+
+
+class FedDF(Strategy):
+    """Per-architecture group models, averaged within groups and distilled from all uploads.
+
+    ``distill=False`` leaves only the per-group averaging (with one group, that is FedAvg).
+    """
+
+    name = "feddf"
+
+    def __init__(self, distill: bool = True) -> None:
+        self.use_distill = distill
+
+    def setup(self, fed: Federation) -> None:
+        dense = fed.dense_model()
+        self.group_of: dict[str, str] = {}
+        self.groups: dict[str, nn.Module] = {}
+        for tier in fed.tier_names:  # strongest first, so the first group is the largest model
+            model = fed.prune(dense, fed.ratios[tier])
+            key = json.dumps(model.widths)
+            self.groups.setdefault(key, model)
+            self.group_of[tier] = key
+        self.server_model = next(iter(self.groups.values()))
+
+    def send(self, fed: Federation, rnd: int, client: Client) -> nn.Module:
+        return self.groups[self.group_of[client.tier]]
+
+    def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
+        ids = sorted(uploads)
+        for key, model in self.groups.items():
+            members = [i for i in ids if self.group_of[fed.clients[i].tier] == key]
+            if members:
+                model.load_state_dict(average([uploads[i].state_dict() for i in members], fed.weights(members)))
+        if not self.use_distill:
+            return {}
+        c = fed.cfg
+        teachers, w = [uploads[i] for i in ids], fed.weights(ids)
+        targets = distill.teacher_outputs(teachers, fed.public_x, w, c.ensemble, c.temperature)  # once per round
+        epochs = []
+        for g, model in enumerate(self.groups.values()):
+            res = distill.distill(
+                model, targets, fed.public_x, temperature=c.temperature, epochs=c.distill_epochs, lr=c.distill_lr,
+                batch_size=c.distill_batch_size, val_fraction=c.val_fraction, patience=c.patience,
+                seed=c.seed * 1000 + rnd * 10 + g,
+            )  # fmt: skip
+            epochs.append(res.best_epoch)
+        return {"distill_epochs": float(sum(epochs)) / len(epochs), "groups": float(len(self.groups))}
+
+
+register(HeteroFL.name, HeteroFL)
+register(FedDF.name, FedDF)
