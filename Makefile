@@ -7,7 +7,11 @@ PROFILE ?= fmnist
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+EXTRAS ?= dev,flower
 INSTALLED := $(VENV)/.reft-installed
+# Flower: no telemetry, no update checks, no runtime installs, a private home; tests run in a
+# loopback-only network namespace where the machine allows one (scripts/loopback.sh).
+FLWR_ENV := FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 
 .PHONY: setup data test reproduce lint lab clean
 
@@ -15,7 +19,7 @@ setup: $(INSTALLED) data
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 # Fashion-MNIST offline: Debian's dataset-fashion-mnist package (apt, as root or with sudo) when the
@@ -28,10 +32,13 @@ data: $(INSTALLED)
 	$(PY) -m reft.data fashion-mnist
 
 test: setup
-	REFT_OUTPUT=$$(mktemp -d) $(PY) -m pytest tests --nbmake notebooks --nbmake-timeout=900 -p no:cacheprovider
+	$(FLWR_ENV) FLWR_HOME=$$(mktemp -d) REFT_OUTPUT=$$(mktemp -d) PATH="$(abspath $(VENV))/bin:$$PATH" \
+	  scripts/loopback.sh $(PY) -m pytest tests --nbmake notebooks --nbmake-timeout=900 -m "not slow" \
+	  -p no:cacheprovider --durations=15
 
 reproduce: setup
-	$(PY) -m reft.reproduce --profile $(PROFILE)
+	$(FLWR_ENV) FLWR_HOME=$$(mktemp -d) PATH="$(abspath $(VENV))/bin:$$PATH" \
+	  scripts/loopback.sh $(PY) -m reft.reproduce --profile $(PROFILE)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check reft tests notebooks

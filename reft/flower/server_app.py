@@ -1,0 +1,236 @@
+"""The Flower ServerApp: the in-process engine's strategy objects, driven through Flower's Grid.
+
+:func:`serve` is :func:`reft.federation.run` with the clients on the other side of a SuperLink. It
+builds the same :class:`reft.federation.Federation` and the same strategy object
+(``reft.federation.ALGORITHMS[cfg.algorithm]``), and per round asks the strategy what to send each
+client (``send``), ships that as :func:`reft.comm.encode` bytes inside a Flower message, collects the
+uploads that arrive before the round's deadline and hands them to ``strategy.aggregate``: for REFT
+that is the server-side ensemble distillation on the public set. No part of the algorithm is
+re-implemented here.
+
+A client that fails (its SuperNode dies, its ClientApp raises, its reply misses the deadline) is
+reported in ``failures`` and the round goes on with the uploads that arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from torch import nn
+
+from reft import comm, data, federation, report, train
+from reft.flower import config as fconfig
+from reft.flower import wire
+
+
+@dataclass
+class RemoteClient(federation.Client):
+    """A client as the server knows it: id, tier and data size as the SuperNode reported them (no data)."""
+
+    samples: int = 0
+    node_id: int = 0
+
+    @property
+    def n_samples(self) -> int:
+        return self.samples
+
+
+@dataclass
+class FlowerRun:
+    """What :func:`serve` did: per-round history, the Ledger, the nodes, every failure."""
+
+    history: pd.DataFrame
+    ledger: comm.Ledger
+    nodes: pd.DataFrame
+    failures: pd.DataFrame
+    strategy: federation.Strategy = field(repr=False)
+
+
+def _write(out_dir: str, name: str, df: pd.DataFrame) -> None:
+    if out_dir:
+        report.atomic_write(Path(out_dir) / name, lambda p: df.to_csv(p, index=False))
+
+
+def _write_json(out_dir: str, name: str, obj: dict) -> None:
+    if out_dir:
+        report.atomic_write(Path(out_dir) / name, lambda p: p.write_text(json.dumps(obj, indent=1)))
+
+
+def exchange(
+    grid: Grid, messages: Iterable[Message], timeout: float, poll: float = 0.2
+) -> tuple[dict[int, Message], dict[int, str]]:
+    """Send ``messages`` and wait for their replies until ``timeout`` seconds have passed.
+
+    Returns the replies by destination node id and, for every node that did not reply with a
+    result, why (error reply, node gone from the SuperLink, or timeout). Grid.send_and_receive
+    polls every 3 s and says nothing about who is missing; this polls every ``poll`` seconds.
+    """
+    messages = list(messages)
+    ids = list(grid.push_messages(messages))
+    pending = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
+    replies: dict[int, Message] = {}
+    failed: dict[int, str] = {}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            node = pending.pop(reply.metadata.reply_to_message_id, None)
+            if node is None:
+                continue
+            if reply.has_error():
+                failed[node] = f"error {reply.error.code}: {reply.error.reason}"
+            else:
+                replies[node] = reply
+        if pending:
+            time.sleep(poll)
+    for node in pending.values():
+        failed[node] = f"no reply within {timeout:g} s"
+    return replies, failed
+
+
+def _wait_for_nodes(grid: Grid, n: int, timeout: float, poll: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= n or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    if len(nodes) < n:
+        raise RuntimeError(
+            f"Only {len(nodes)} of {n} SuperNodes connected within {timeout:g} s; start more or lower n-clients."
+        )
+    return nodes
+
+
+def discover(grid: Grid, cfg: federation.RunConfig, opts: fconfig.FlowerOptions) -> list[RemoteClient]:
+    """Ask every connected SuperNode who it is; one :class:`RemoteClient` per partition id, in order."""
+    nodes = _wait_for_nodes(grid, cfg.n_clients, opts.node_timeout, opts.poll_interval)
+    hello = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in nodes]
+    replies, failed = exchange(grid, hello, opts.node_timeout, opts.poll_interval)
+    clients: dict[int, RemoteClient] = {}
+    for node, reply in replies.items():
+        info = reply.content["info"]
+        pid = int(info["partition-id"])
+        if pid in clients:
+            raise ValueError(f"SuperNodes {clients[pid].node_id} and {node} both claim partition-id {pid}.")
+        empty = torch.empty(0)
+        clients[pid] = RemoteClient(pid, str(info["tier"]), empty, empty, samples=int(info["samples"]), node_id=node)
+    missing = sorted(set(range(cfg.n_clients)) - set(clients))
+    if missing:
+        raise RuntimeError(f"No SuperNode reported partition-ids {missing} (failures: {failed}).")
+    return [clients[i] for i in range(cfg.n_clients)]
+
+
+def serve(
+    grid: Grid, cfg: federation.RunConfig, opts: fconfig.FlowerOptions, splits: data.Splits | None = None
+) -> FlowerRun:
+    """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` over the SuperNodes behind ``grid``."""
+    t_start = time.perf_counter()
+    if opts.threads > 0:
+        torch.set_num_threads(opts.threads)
+    status = {"status": "running", "rounds_done": 0}
+    _write_json(opts.out_dir, "status.json", status)
+    try:
+        splits = federation.prepare(cfg, splits if splits is not None else data.load(cfg.dataset, seed=cfg.seed))
+        fed = federation.Federation(cfg, splits, clients=discover(grid, cfg, opts))  # tiers, sizes as reported
+        nodes = pd.DataFrame(
+            [{"client": c.id, "node_id": c.node_id, "tier": c.tier, "samples": c.samples} for c in fed.clients]
+        )
+        _write(opts.out_dir, "nodes.csv", nodes)
+        strategy = federation.ALGORITHMS[cfg.algorithm]()
+        ledger = comm.Ledger()
+        strategy.setup(fed)
+        rows, fails = [], []
+        cum_up = cum_down = 0
+        for rnd in range(1, cfg.rounds + 1):
+            t_round = time.perf_counter()
+            active = federation.participants(cfg, rnd)
+            msgs, down_of = [], {}
+            for cid in active:
+                cl = fed.clients[cid]
+                content = RecordDict({"round": ConfigRecord({"round": rnd})})
+                offer: nn.Module | None = strategy.send(fed, rnd, cl)
+                if offer is not None:
+                    payload = ledger.record(rnd, cid, "down", comm.encode(offer))
+                    content["model"] = wire.pack(payload)
+                    down_of[cid] = len(payload)
+                msgs.append(Message(content, dst_node_id=cl.node_id, message_type="train", group_id=str(rnd)))
+            t_x = time.perf_counter()
+            replies, failed = exchange(grid, msgs, opts.round_timeout, opts.poll_interval)
+            exchange_s = time.perf_counter() - t_x
+            by_node = {c.node_id: c for c in fed.clients}
+            uploads: dict[int, nn.Module] = {}
+            stats = []
+            for node, reply in sorted(replies.items(), key=lambda kv: by_node[kv[0]].id):
+                cid = by_node[node].id
+                payload = ledger.record(rnd, cid, "up", wire.unpack(reply.content["model"]))
+                uploads[cid] = comm.decode(payload)
+                m = reply.content["metrics"]
+                stats.append({"acc": float(m["acc"]), "train_s": float(m["train_s"]), "up": len(payload)})
+            for node, why in failed.items():
+                fails.append({"round": rnd, "client": by_node[node].id, "node_id": node, "reason": why})
+            extra: dict[str, float] = {}
+            t_s = time.perf_counter()
+            if uploads:  # REFT distils what arrived; nothing arrived: the server model stays as it is
+                extra = strategy.aggregate(fed, rnd, uploads)
+            server_acc = train.evaluate(strategy.server_model, splits.test.x, splits.test.y)
+            server_s = time.perf_counter() - t_s
+            up, down = sum(s["up"] for s in stats), sum(down_of.values())
+            cum_up, cum_down = cum_up + up, cum_down + down
+            rows.append(
+                {
+                    "algorithm": strategy.name,
+                    "round": rnd,
+                    "server_acc": server_acc,
+                    "client_acc_mean": float(pd.Series([s["acc"] for s in stats], dtype=float).mean()),
+                    **extra,
+                    "participants": len(active),
+                    "arrived": len(uploads),
+                    "failed": len(failed),
+                    "bytes_up": up,
+                    "bytes_down": down,
+                    "cum_bytes_up": cum_up,
+                    "cum_bytes_down": cum_down,
+                    "cum_bytes": cum_up + cum_down,
+                    "client_train_s_max": max((s["train_s"] for s in stats), default=float("nan")),
+                    "exchange_s": exchange_s,
+                    "server_s": server_s,
+                    "wall_s": time.perf_counter() - t_round,
+                }
+            )
+            history = pd.DataFrame(rows)
+            failures = pd.DataFrame(fails, columns=["round", "client", "node_id", "reason"])
+            _write(opts.out_dir, "history.csv", history)
+            _write(opts.out_dir, "ledger.csv", ledger.frame())
+            _write(opts.out_dir, "failures.csv", failures)
+            status.update(rounds_done=rnd, failures=len(fails))
+            _write_json(opts.out_dir, "status.json", status)
+        status.update(status="finished", wall_s=time.perf_counter() - t_start, server_acc=rows[-1]["server_acc"])
+        _write_json(opts.out_dir, "status.json", status)
+        return FlowerRun(history, ledger, nodes, failures, strategy)
+    except BaseException as e:
+        status.update(status="error", error=f"{type(e).__name__}: {e}", wall_s=time.perf_counter() - t_start)
+        _write_json(opts.out_dir, "status.json", status)
+        raise
+
+
+def make_server_app(defaults: Mapping | None = None) -> ServerApp:
+    """A ServerApp running :func:`serve`; ``defaults`` (a Flower run config) fill in missing keys."""
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        cfg, opts = fconfig.from_user_config({**(defaults or {}), **context.run_config})
+        serve(grid, cfg, opts)
+
+    return server
+
+
+app = make_server_app()

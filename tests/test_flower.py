@@ -1,0 +1,155 @@
+"""REFT on Flower: run config and wire format (fast), and real Flower runs on loopback (marked ``flower``).
+
+The end-to-end tests start a SuperLink and SuperNodes (or Ray) in a child process inside a
+loopback-only network namespace (``unshare -n``), so nothing they start can reach beyond 127.0.0.1.
+They skip, saying why, when ``flwr`` is not installed or no such namespace can be made.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from reft import comm, models
+from reft.federation import RunConfig
+from reft.flower import config as fconfig
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = None
+
+HAS_FLWR = importlib.util.find_spec("flwr") is not None
+needs_flwr = pytest.mark.skipif(not HAS_FLWR, reason="flwr not installed: pip install -e '.[flower]'")
+TIERS = ["laptop", "jetson_nano", "raspberry_pi_4"]
+
+
+def _can_isolate() -> str | None:
+    """None if a loopback-only network namespace can be made here, else why not."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "needs unshare (util-linux) and ip (iproute2) for a loopback-only network namespace"
+    cmd = ["unshare", "-n", "sh", "-c", "ip link set lo up"]
+    if subprocess.run(cmd, capture_output=True, check=False).returncode != 0:
+        return "cannot create a loopback-only network namespace (needs root or unprivileged user namespaces)"
+    return None
+
+
+def _tiny(**kw) -> RunConfig:
+    base = dict(
+        private_size=900, public_size=500, test_size=500, n_clients=3, rounds=2, local_epochs=2,
+        tier_mix=TIERS, distill_epochs=2, seed=0, progress=False,
+    )  # fmt: skip
+    return RunConfig(**{**base, **kw})
+
+
+# ------------------------------------------------------------------------------------ no Flower needed
+def test_run_config_round_trip():
+    cfg = _tiny(alpha=0.5, partition="dirichlet", widths=[8, 16, 32, 32], deadline_s=None)
+    user = fconfig.to_user_config(cfg, fconfig.FlowerOptions(round_timeout=7.0))
+    assert all(isinstance(v, bool | int | float | str) for v in user.values())  # Flower's scalar types only
+    assert user["tier-mix"] == "laptop,jetson_nano,raspberry_pi_4" and user["deadline-s"] == 0.0
+    back, opts = fconfig.from_user_config(user)
+    assert back == cfg.replace(widths=[8, 16, 32, 32])
+    assert back.deadline_s is None and back.tier_mix == TIERS and opts.round_timeout == 7.0
+    weighted = fconfig.from_user_config(fconfig.to_user_config(_tiny(tier_mix={"laptop": 1.0, "phone": 2.0})))[0]
+    assert weighted.tier_mix == {"laptop": 1.0, "phone": 2.0}
+
+
+def test_run_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match="Unknown REFT run-config keys.*'epochs'"):
+        fconfig.from_user_config({"epochs": 3})
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        fconfig.from_user_config({"rounds": 0})
+
+
+@pytest.mark.skipif(tomllib is None, reason="tomllib needs Python >= 3.11")
+def test_app_pyproject_is_a_valid_flower_app():
+    doc = tomllib.loads(fconfig.pyproject_toml(_tiny()))
+    app = doc["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "reft.flower.server_app:app", "clientapp": "reft.flower.client_app:app"}
+    assert app["config"]["tier-mix"] == "laptop,jetson_nano,raspberry_pi_4" and app["config"]["rounds"] == 2
+    assert fconfig.from_user_config(app["config"])[0] == _tiny()
+
+
+# ----------------------------------------------------------------------------------------- Flower
+@pytest.mark.flower
+@needs_flwr
+def test_wire_carries_the_payload_byte_for_byte():
+    from flwr.app import ArrayRecord
+
+    from reft.flower import wire
+
+    payload = comm.encode(models.build("cnn", widths=[8, 16, 32, 32]))
+    record = wire.pack(payload)
+    assert isinstance(record, ArrayRecord) and wire.unpack(record) == payload
+    assert record["model"].data == payload  # no extra header: the Ledger's len() is what Flower carries
+    with pytest.raises(ValueError, match="not a reft.comm payload"):
+        wire.unpack(ArrayRecord({"model": record["model"].__class__("uint8", (1,), "numpy.ndarray", b"\x00")}))
+
+
+@pytest.mark.flower
+@needs_flwr
+@pytest.mark.parametrize(
+    "sig",
+    [
+        pytest.param(signal.SIGTERM, id="SIGTERM"),  # the SuperNode leaves: Flower fails its message at once
+        pytest.param(signal.SIGKILL, id="SIGKILL", marks=pytest.mark.slow),  # a crash: found by heartbeat (~60 s)
+    ],
+)
+def test_deployment_three_supernodes_with_one_killed_mid_round(tmp_path, sig):
+    """SuperLink + 3 SuperNodes on loopback, 2 REFT rounds; SuperNode 2 is killed in round 2."""
+    why = _can_isolate()
+    if why:
+        pytest.skip(why)
+    from reft.flower import launch
+
+    cfg = _tiny()
+    opts = fconfig.FlowerOptions(out_dir=str(tmp_path), threads=1)
+    res = launch.run("deploy", cfg, tiers=TIERS, options=opts, kill=(2, 2), kill_signal=sig)
+    h, led, log = res.history, res.ledger, res.client_log
+
+    assert res.status["status"] == "finished" and list(h["round"]) == [1, 2]
+    assert list(res.nodes["tier"]) == TIERS  # tiers as the SuperNodes reported them in their node config
+    assert res.final_acc > 0.2  # chance is 0.1
+    # The crash: round 1 had everyone, round 2 went on with the two survivors and reported the third.
+    assert list(h["arrived"]) == [3, 2] and list(h["failed"]) == [0, 1] and res.killed == [2]
+    assert res.failures[["round", "client"]].values.tolist() == [[2, 2]]
+    assert "Node Unavailable" in res.failures["reason"].iloc[0]
+    # Ledger = payloads actually sent: down bytes as each client received them, up bytes as each sent them.
+    got = log[log.event == "received"].groupby(["round", "client_id"])["bytes"].sum()
+    down = led[led.direction == "down"].set_index(["round", "client"])["bytes"]
+    assert sorted(down.items()) == sorted((k, int(v)) for k, v in got.items())
+    sent = log[log.event == "sent"].set_index(["round", "client_id"])["bytes"]
+    up = led[led.direction == "up"].set_index(["round", "client"])["bytes"]
+    assert sorted(up.items()) == sorted((k, int(v)) for k, v in sent.items())
+    assert led["bytes"].sum() == h["bytes_up"].sum() + h["bytes_down"].sum()
+    # Every process the run started is gone.
+    assert res.leftover == []
+
+
+@pytest.mark.flower
+@needs_flwr
+@pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param("simulate-superlink", id="flwr-run-simulation-superlink"),
+        pytest.param("simulate", id="run_simulation", marks=pytest.mark.slow),
+    ],
+)
+def test_simulation_engines_run_the_same_app(tmp_path, engine):
+    why = _can_isolate()
+    if why:
+        pytest.skip(why)
+    from reft.flower import launch
+
+    cfg = _tiny(rounds=1)
+    res = launch.run(engine, cfg, options=fconfig.FlowerOptions(out_dir=str(tmp_path), threads=1), num_cpus=2)
+    assert res.status["status"] == "finished" and len(res.history) == 1
+    assert list(res.nodes["tier"]) == TIERS  # no node config in simulation: tiers come from cfg.tier_mix
+    assert res.history["arrived"].iloc[0] == 3 and res.failures.empty
+    assert res.ledger["bytes"].sum() == res.history["cum_bytes"].iloc[-1]
+    assert res.leftover == []
