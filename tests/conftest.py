@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reft import data
+from reft import data, pruning
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,3 +25,11 @@ def fmnist() -> data.Splits:
 def small(fmnist: data.Splits) -> data.Splits:
     """A seeded 2k/1k/1k subsample for quick training tests."""
     return fmnist.subsample(private=2000, public=1000, test=1000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> None:
+    """Tiny tensors gain nothing from intra-op threads, and on a shared CPU the hand-offs cost up to
+    10x: one torch thread for the module's tests (restored afterwards)."""
+    with pruning.single_thread():
+        yield

@@ -9,14 +9,7 @@ import torch
 import reft
 from reft import comm, models
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors gain nothing from intra-op threads; on a shared CPU the hand-offs cost a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained_like(name: str, widths: list[int] | None, seed: int) -> models.ReftModel:

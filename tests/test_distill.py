@@ -6,14 +6,7 @@ import torch.nn.functional as F
 
 from reft import distill, models, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors gain nothing from intra-op threads; on a shared CPU the hand-offs cost a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_kd_loss_is_zero_for_identical_outputs_and_scales_with_t_squared() -> None:

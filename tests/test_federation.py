@@ -15,13 +15,8 @@ TINY = dict(
 
 
 @pytest.fixture(scope="module")
-def splits(fmnist: data.Splits) -> data.Splits:
-    # Tiny tensors gain nothing from intra-op threads, and on a shared CPU the thread hand-offs cost
-    # up to 10x: one thread here (restored afterwards).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield fmnist
-    torch.set_num_threads(threads)
+def splits(fmnist: data.Splits, one_thread: None) -> data.Splits:
+    return fmnist
 
 
 def _run(splits: data.Splits, **kw) -> federation.RunResult:

@@ -15,11 +15,8 @@ TINY = dict(
 
 
 @pytest.fixture(scope="module")
-def splits(fmnist: data.Splits) -> data.Splits:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than they save
-    yield fmnist
-    torch.set_num_threads(threads)
+def splits(fmnist: data.Splits, one_thread: None) -> data.Splits:
+    return fmnist
 
 
 def test_per_entry_averaging_by_hand() -> None:
