@@ -195,8 +195,8 @@ class Federation:
         return pruning.prune(model, ratio, self.example_input, importance=self.cfg.importance).model
 
     @cached_property
-    def ratios(self) -> dict[str, float]:
-        """Pruning ratio of every tier, from the configured policy (on the dense model)."""
+    def policy(self) -> dict[str, tiers_mod.PolicyResult]:
+        """The configured policy's choice for every tier present (on the dense model)."""
         c = self.cfg
         samples = int(np.mean([cl.n_samples for cl in self.clients]))
         chosen = tiers_mod.choose_ratios(
@@ -204,7 +204,17 @@ class Federation:
             samples=samples, epochs=c.local_epochs, max_ratio=c.max_ratio, deadline_s=c.deadline_s,
             importance=c.importance,
         )  # fmt: skip
-        return {t: float(chosen[t].ratio) for t in self.tier_names}
+        return {t: chosen[t] for t in self.tier_names}
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        """Pruning ratio of every tier present."""
+        return {t: float(r.ratio) for t, r in self.policy.items()}
+
+    @property
+    def widths(self) -> dict[str, list[int]]:
+        """Widths of every tier's pruned model, as the policy measured them (no pruning needed)."""
+        return {t: list(r.widths) for t, r in self.policy.items()}
 
     @property
     def tier_names(self) -> list[str]:

@@ -47,7 +47,7 @@ class HeteroFL(Strategy):
 
     def setup(self, fed: Federation) -> None:
         self.server_model = fed.dense_model()
-        self.tier_widths = {t: fed.prune(self.server_model, r).widths for t, r in fed.ratios.items()}
+        self.tier_widths = fed.widths
 
     def send(self, fed: Federation, rnd: int, client: Client) -> nn.Module:
         spec = {**self.server_model.spec, "widths": self.tier_widths[client.tier]}
