@@ -1,7 +1,13 @@
-"""Shared fixtures: a small real Fashion-MNIST subset, and outputs kept out of the repository."""
+"""Shared fixtures: a small real Fashion-MNIST subset, a self-made CIFAR-format folder, and outputs kept
+out of the repository."""
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from reft import data, pruning
@@ -33,3 +39,26 @@ def one_thread() -> None:
     10x: one torch thread for the module's tests (restored afterwards)."""
     with pruning.single_thread():
         yield
+
+
+def _write_tiny_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 30) -> None:
+    """A CIFAR-10 folder in torchvision's format (five pickled training batches, a test batch, the meta
+    file) with random images: the real reader's path, not the real data."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def batch(n: int) -> dict:
+        return {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(n_train_per_batch)))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test)))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+
+
+@pytest.fixture
+def write_tiny_cifar() -> Callable[..., None]:
+    """``write_tiny_cifar(root, n_train_per_batch=20, n_test=30)`` writes a self-made CIFAR-10 folder."""
+    return _write_tiny_cifar

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
@@ -46,32 +44,14 @@ def test_cifar10_offline_fails_fast_with_clear_message(tmp_path) -> None:
     assert time.perf_counter() - t0 < 30
 
 
-def _write_tiny_cifar(root, n_train_per_batch: int = 20, n_test: int = 30) -> None:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-
-    def batch(n: int) -> dict:
-        return {
-            "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-            "labels": rng.integers(0, 10, size=n).tolist(),
-        }
-
-    for i in range(1, 6):
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(n_train_per_batch)))
-    (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test)))
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
-
-
-def test_cifar10_loading_path_on_self_made_files(tmp_path, monkeypatch) -> None:
+def test_cifar10_loading_path_on_self_made_files(tmp_path, monkeypatch, write_tiny_cifar) -> None:
     # Real torchvision CIFAR10 reader on a tiny CIFAR-format folder; only the MD5 check of the real
     # archive is bypassed, since these files are not the published ones.
     import os
 
     import torchvision.datasets.cifar
 
-    _write_tiny_cifar(tmp_path)
+    write_tiny_cifar(tmp_path)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
     s = data.load("cifar10", root=tmp_path, public_size=25)
     assert (len(s.private_train), len(s.public), len(s.test)) == (75, 25, 30)
