@@ -98,6 +98,8 @@ class FedDF(Strategy):
         c = fed.cfg
         teachers, w = [uploads[i] for i in ids], fed.weights(ids)
         targets = distill.teacher_outputs(teachers, fed.public_x, w, c.ensemble, c.temperature)  # once per round
+        test = fed.splits.test
+        ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
         epochs = []
         for g, model in enumerate(self.groups.values()):
             res = distill.distill(
@@ -106,7 +108,11 @@ class FedDF(Strategy):
                 seed=c.seed * 1000 + rnd * 10 + g,
             )  # fmt: skip
             epochs.append(res.best_epoch)
-        return {"distill_epochs": float(sum(epochs)) / len(epochs), "groups": float(len(self.groups))}
+        return {
+            "ensemble_acc": (ens.argmax(1) == test.y).float().mean().item(),
+            "distill_epochs": float(sum(epochs)) / len(epochs),
+            "groups": float(len(self.groups)),
+        }
 
 
 register(HeteroFL.name, HeteroFL)

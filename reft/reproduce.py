@@ -176,7 +176,9 @@ def machine() -> dict:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PACKAGE)
-    dirty = subprocess.run(["git", "status", "--porcelain", "reft", "notebooks"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "reft", "notebooks"], capture_output=True, text=True, cwd=PACKAGE.parent
+    )
     return {
         "commit": (commit.stdout.strip() or "unknown") + (" (uncommitted changes)" if dirty.stdout.strip() else ""),
         "python": platform.python_version(),
@@ -189,12 +191,18 @@ def machine() -> dict:
 
 
 def write_run_record(profile: str, jobs: list[Job]) -> Path:
-    """``results/P/RUN.md``: what ran, where, with which code, and how long each notebook took."""
-    rows, total = [], 0.0
+    """``results/P/RUN.md``: what ran, where, with which code, and how long each notebook took (the
+    times also as ``results/P/RUN.csv``, one row per notebook and a ``total`` row)."""
+    import pandas as pd
+
+    rows, times, total = [], [], 0.0
     for job in jobs:
         d = json.loads(stamp_path(job, profile).read_text())
         rows.append(f"| {job.name} | {d['seconds']} | {d['finished']} |")
+        times.append({"notebook": job.name, "seconds": d["seconds"], "finished": d["finished"]})
         total += d["seconds"]
+    times.append({"notebook": "total", "seconds": round(total, 1), "finished": ""})
+    report.save_table(pd.DataFrame(times), "RUN", profile)
     m = machine()
     text = "\n".join(
         [

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from reft import report, reproduce
@@ -55,6 +56,9 @@ def test_run_then_resume_skips_current_and_reruns_changed(nbdir: Path, capsys: p
     stamp = json.loads((report.results_dir("tiny") / "notebooks" / "00_table.done.json").read_text())
     assert stamp["outputs"] == ["results/tiny/00_table.csv"]
     assert (report.results_dir("tiny") / "RUN.md").is_file()
+    times = pd.read_csv(report.results_dir("tiny") / "RUN.csv")
+    assert times["notebook"].tolist() == ["00_table", "total"]
+    assert times["seconds"].iloc[1] == pytest.approx(stamp["seconds"], abs=0.05)
 
     assert reproduce.run("tiny", jobs) == 0
     assert "[skip] 00_table" in capsys.readouterr().out
