@@ -41,8 +41,8 @@ reproduce: setup
 	  scripts/loopback.sh $(PY) -m reft.reproduce --profile $(PROFILE)
 
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check reft tests notebooks
-	$(VENV)/bin/ruff format --check reft tests notebooks
+	$(VENV)/bin/ruff check reft tests notebooks scripts
+	$(VENV)/bin/ruff format --check reft tests notebooks scripts
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks
