@@ -55,7 +55,29 @@ def _same_history(a: federation.RunResult, b: federation.RunResult) -> None:
 
 def test_heterofl_at_full_width_is_fedavg(splits: data.Splits) -> None:
     cfg = RunConfig(algorithm="fedavg", max_ratio=0.0, **TINY)
-    _same_history(federation.run(cfg, splits), federation.run(cfg.replace(algorithm="heterofl"), splits))
+    fedavg = federation.run(cfg, splits)
+    _same_history(fedavg, federation.run(cfg, splits, strategy=peers.HeteroFL(bn="averaged")))
+    # static BN (the default) changes only the BN running statistics, never what is learned
+    static = federation.run(cfg.replace(algorithm="heterofl"), splits).strategy.server_model
+    ref = fedavg.strategy.server_model
+    assert all(torch.equal(a, b) for a, b in zip(static.parameters(), ref.parameters(), strict=True))
+    means = [[m.running_mean for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)] for net in (static, ref)]
+    assert not all(torch.equal(a, b) for a, b in zip(*means, strict=True))
+
+
+def test_heterofl_static_bn_statistics_are_the_public_sets(splits: data.Splits) -> None:
+    cfg = RunConfig(algorithm="heterofl", max_ratio=0.5, **TINY)
+    fed_result = federation.run(cfg, splits)
+    model = fed_result.strategy.server_model
+    public_x = federation.prepare(cfg, splits).public.x
+    first_bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():  # update_bn's cumulative average: every batch of the public set counts once
+        batch_means = [first_conv(xb).mean(dim=(0, 2, 3)) for xb in public_x.split(cfg.distill_batch_size)]
+    gap = (first_bn.running_mean - torch.stack(batch_means).mean(0)).abs().max()
+    assert gap < 5e-5  # (the plain mean over all samples differs by ~1e-3 here: 200 = 128 + 72)
+    with pytest.raises(ValueError, match="Valid modes: public, averaged"):
+        peers.HeteroFL(bn="nope")
 
 
 def test_feddf_one_group_without_distillation_is_fedavg(splits: data.Splits) -> None:
