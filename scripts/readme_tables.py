@@ -123,9 +123,8 @@ def render(text: str) -> str:
     if found != set(BLOCKS):
         raise ValueError(f"README blocks {sorted(found)} do not match the generators {sorted(BLOCKS)}.")
     for name, make in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
-        body = make()
-        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
+        block = f"<!-- BEGIN {name} -->\n{make()}\n<!-- END {name} -->"
+        text = re.sub(rf"<!-- BEGIN {name} -->.*?<!-- END {name} -->", lambda m, b=block: b, text, flags=re.S)
     return text
 
 
