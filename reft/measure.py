@@ -49,6 +49,26 @@ def model_bytes(model: nn.Module) -> int:
     return len(comm.encode(model))
 
 
+def activations(model: nn.Module, x: torch.Tensor) -> int:
+    """Elements written by the leaf layers in one forward pass of ``x`` (what training keeps for backward)."""
+    total = 0
+
+    def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
 def latency(
     model: nn.Module,
     example_inputs: torch.Tensor,

@@ -41,7 +41,6 @@ __all__ = [
     "prune",
     "prune_to_flops",
     "prune_iterative",
-    "cost_sweep",
     "accuracy_sweep",
     "accuracy_held",
 ]
@@ -312,68 +311,6 @@ def prune_to_flops(
         else:
             lo = mid
     return best
-
-
-def cost_sweep(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    ratios: Sequence[float],
-    importance: str = "l2",
-    latency_batch: int = 128,
-    repeats: int = 3,
-    rounds: int = 5,
-    warmup: int = 1,
-    threads: int | None = 1,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Params, bytes, forward FLOPs and measured CPU latency of ``model`` pruned at each ratio.
-
-    Latency: forward passes on a batch of ``latency_batch`` copies of ``example_input``
-    (:func:`reft.measure.latency`, the median of ``repeats``), measured in ``rounds`` interleaved
-    passes over all ratios and reported as the best round, as ``timeit`` does: on a machine shared
-    with other jobs the least disturbed measurement is the best estimate of the model's own speed.
-    ``threads`` pins torch's intra-op threads while timing (1 by default: a constrained client, and
-    robust when other processes share the cores; ``None`` leaves it).
-    ``speedup`` (dense latency / pruned latency) is to be read against ``flops_reduction``
-    (dense FLOPs / pruned FLOPs), the ideal speedup.
-    """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1; got {rounds}.")
-    x1 = example_input[:1]
-    batch = x1.expand(latency_batch, *x1.shape[1:]).contiguous()
-    pruned = [prune(model, r, x1, importance).model for r in ratios]
-    times: list[list[float]] = [[] for _ in pruned]
-    prev = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        with tqdm(total=rounds * len(pruned), desc="latency", disable=not progress, leave=False) as bar:
-            for _ in range(rounds):
-                for i, m in enumerate(pruned):
-                    times[i] += [measure.latency(m, batch, repeats=repeats, warmup=warmup)]
-                    bar.update()
-    finally:
-        torch.set_num_threads(prev)
-    lat = f"latency_ms_b{latency_batch}"
-    rows = [
-        {
-            "ratio": float(r),
-            "params": measure.count_params(m),
-            "bytes": measure.model_bytes(m),
-            "mflops_per_sample": measure.flops(m, x1) / 1e6,
-            lat: 1e3 * min(t),
-            "widths": m.widths,
-        }
-        for r, m, t in zip(ratios, pruned, times, strict=True)
-    ]
-    df = pd.DataFrame(rows)
-    dense = df.iloc[(df["ratio"] - 0).abs().argmin()]  # the least pruned row is the reference
-    df["params_fraction"] = df["params"] / dense["params"]
-    df["flops_fraction"] = df["mflops_per_sample"] / dense["mflops_per_sample"]
-    df["flops_reduction"] = dense["mflops_per_sample"] / df["mflops_per_sample"]
-    df["speedup"] = dense[lat] / df[lat]
-    df["speedup_vs_ideal"] = df["speedup"] / df["flops_reduction"]
-    return df
 
 
 def accuracy_sweep(

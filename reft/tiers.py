@@ -21,14 +21,12 @@ Two policies map a tier to a ratio (:func:`choose_ratios`):
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -38,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reft import measure, models
+from reft import costs, measure, models
 
 __all__ = [
     "DEFAULT_TIERS",
@@ -50,7 +48,6 @@ __all__ = [
     "PolicyResult",
     "choose_ratios",
     "policy_frame",
-    "ratio_costs",
     "profile_this_machine",
 ]
 
@@ -190,7 +187,7 @@ class PolicyResult:
     bytes: int
     forward_flops: int  # per sample
     train_flops: float  # whole local round: 3 x forward x samples x epochs
-    memory_gb: float  # training memory estimate (see ratio_costs)
+    memory_gb: float  # training memory estimate (see reft.costs.training_memory_gb)
     memory_limit_gb: float
     fits_memory: bool
     deadline_s: float | None
@@ -208,65 +205,6 @@ def policy_frame(results: Mapping[str, PolicyResult]) -> pd.DataFrame:
 
 def _ratio_grid(max_ratio: float, step: float) -> list[float]:
     return [round(r, 6) for r in np.arange(0.0, max_ratio + 1e-9, step)]
-
-
-def ratio_costs(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    ratios: Sequence[float],
-    importance: str = "l2",
-    batch_size: int = 64,
-) -> pd.DataFrame:
-    """Measured cost of ``model`` pruned at each ratio (uniform pruning, so counts do not depend on weights).
-
-    Columns: ``ratio, params, bytes, forward_flops`` (per sample), ``activations`` (elements written
-    by the layers for one sample), ``memory_gb`` (training estimate: weights, gradients and momentum
-    (3 x 4 bytes per parameter) plus twice the activations of a ``batch_size`` batch, kept for the
-    backward pass and its gradients) and ``widths``. Results are cached per architecture and ratio.
-    """
-    spec = json.dumps(getattr(model, "spec", None), sort_keys=True)
-    if spec == "null":
-        raise ValueError("ratio_costs() needs a model built by reft.models.build (it needs a .spec).")
-    shape = tuple(example_input[:1].shape)
-    rows = []
-    for r in ratios:
-        params, nbytes, fl, acts, widths = _cost(spec, float(r), shape, importance)
-        mem = (3 * 4 * params + 2 * 4 * acts * batch_size) / 1e9
-        rows.append(dict(ratio=float(r), params=params, bytes=nbytes, forward_flops=fl, activations=acts,
-                         memory_gb=mem, widths=list(widths)))  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-@cache
-def _cost(spec_json: str, ratio: float, shape: tuple, importance: str) -> tuple:
-    from reft import pruning  # pruning imports nothing from here; late import keeps the modules independent
-
-    spec = json.loads(spec_json)
-    dense = models.build(**spec)
-    x = torch.zeros(shape)
-    m = pruning.prune(dense, ratio, x, importance=importance).model if ratio > 0 else dense
-    with pruning.single_thread():
-        fl, acts = measure.flops(m, x), _activations(m, x)
-    return measure.count_params(m), measure.model_bytes(m), fl, acts, tuple(m.widths)
-
-
-def _activations(model: nn.Module, x: torch.Tensor) -> int:
-    total = 0
-
-    def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(out, torch.Tensor):
-            total += out.numel()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
 
 
 def choose_ratios(
@@ -308,8 +246,8 @@ def choose_ratios(
     grid = _ratio_grid(max_ratio, step)
 
     def result(tier: str, ratio: float, deadline: float | None) -> PolicyResult:
-        # one really pruned model per ratio, measured once (ratio_costs caches), only where the search looks
-        c = ratio_costs(model, example_input, [ratio], importance, batch_size).iloc[0]
+        # one really pruned model per ratio, measured once (costs caches), only where the search looks
+        c = costs.at_ratios(model, example_input, [ratio], importance, batch_size).iloc[0]
         tf = measure.TRAIN_FLOPS_FACTOR * float(c["forward_flops"]) * samples * epochs
         comp, down, up = _round_parts(tiers, tier, tf, int(c["bytes"]), int(c["bytes"]))
         limit = float(tiers.loc[tier, "memory_gb"]) * memory_fraction

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from reft import data, federation, peers, report, reproduce
+from reft import data, engine, experiments, report, reproduce, strategies
+from reft.config import RunConfig
 
 PROFILE = "fmnist"
 
@@ -22,16 +23,18 @@ def main() -> None:
     (job,) = reproduce.plan(PROFILE, reproduce.load_profiles(), only=["03"])
     p = job.parameters
     splits = data.load(p["dataset"], seed=p["seed"])
-    base = federation.RunConfig(
+    base = RunConfig(
         algorithm="heterofl", n_clients=p["n_clients"], rounds=p["rounds"], max_ratio=p["max_ratio"],
         private_size=p["private_size"], public_size=p["public_size"], test_size=p["test_size"],
         distill_epochs=p["distill_epochs"], seed=p["seed"], progress=False, eval_clients=False,
     )  # fmt: skip
     rows = []
     for part in p["partitions"]:
-        for bn in peers.HeteroFL.BN_MODES:
-            res = federation.run(base.replace(**federation.partition_kw(part)), splits, strategy=peers.HeteroFL(bn=bn))
-            h = res.history[["round", "server_acc"]].assign(partition=federation.partition_label(part), bn=bn)
+        for bn in strategies.HeteroFL.BN_MODES:
+            res = engine.run(
+                base.replace(**experiments.partition_kw(part)), splits, strategy=strategies.HeteroFL(bn=bn)
+            )
+            h = res.history[["round", "server_acc"]].assign(partition=experiments.partition_label(part), bn=bn)
             print(h.round(4).to_string(index=False))
             rows.append(h)
     report.save_table(pd.concat(rows, ignore_index=True), "heterofl_bn_check", PROFILE)

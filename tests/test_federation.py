@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from reft import comm, data, federation, report, tiers
-from reft.federation import RunConfig
+from reft import comm, data, engine, experiments, report, strategies, tiers
+from reft.config import RunConfig
 
 # 4 clients x 100 samples, a tiny CNN, 2 rounds: a whole run takes about a second.
 TINY = dict(
@@ -19,8 +19,8 @@ def splits(fmnist: data.Splits, one_thread: None) -> data.Splits:
     return fmnist
 
 
-def _run(splits: data.Splits, **kw) -> federation.RunResult:
-    return federation.run(RunConfig(**{**TINY, **kw}), splits)
+def _run(splits: data.Splits, **kw) -> engine.RunResult:
+    return engine.run(RunConfig(**{**TINY, **kw}), splits)
 
 
 def _spy_received(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
@@ -76,13 +76,13 @@ def test_weakest_baseline_runs_the_smallest_model_everywhere(splits) -> None:
     assert res.clients["params"].iloc[0] == reft_clients["params"].min()
 
 
-@pytest.mark.parametrize("algorithm", sorted(federation.ALGORITHMS))
+@pytest.mark.parametrize("algorithm", sorted(strategies.ALGORITHMS))
 def test_dropout_completes_and_ledger_counts_only_participants(splits, algorithm) -> None:
     res = _run(splits, algorithm=algorithm, dropout=0.3)  # 30% of 4 clients: 1 drops each round
     h, led = res.history, res.ledger.frame()
     assert len(h) == 2 and (h["participants"] == 3).all()
     for rnd in (1, 2):
-        active = set(federation.participants(res.config, rnd))
+        active = set(engine.participants(res.config, rnd))
         ups = led[(led["round"] == rnd) & (led.direction == "up")]
         assert sorted(ups["client"]) == sorted(active)  # one upload per participant, none from dropped clients
         assert set(led.loc[led["round"] == rnd, "client"]) <= active
@@ -92,10 +92,10 @@ def test_dropout_completes_and_ledger_counts_only_participants(splits, algorithm
 def test_same_seed_same_table_other_seed_differs(splits) -> None:
     a, b = _run(splits, algorithm="reft", dropout=0.3), _run(splits, algorithm="reft", dropout=0.3)
     c = _run(splits, algorithm="reft", dropout=0.3, seed=1)
-    drop = list(federation.TIMING_COLUMNS)
+    drop = list(engine.TIMING_COLUMNS)
     pd.testing.assert_frame_equal(a.history.drop(columns=drop), b.history.drop(columns=drop))
     pd.testing.assert_frame_equal(a.ledger.frame(), b.ledger.frame())
-    table = [pd.DataFrame([federation.summary(r, 0.5)]).drop(columns="overhead_pct") for r in (a, b)]
+    table = [pd.DataFrame([experiments.summary(r, 0.5)]).drop(columns="overhead_pct") for r in (a, b)]
     pd.testing.assert_frame_equal(*table)
     sa, sb = a.strategy.server_model.state_dict(), b.strategy.server_model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -122,12 +122,12 @@ def test_bad_input_gives_clear_errors(splits) -> None:
     with pytest.raises(ValueError, match="dirichlet' needs alpha > 0"):
         RunConfig(partition="dirichlet")
     with pytest.raises(ValueError, match=r"More clients \(50\) than private samples \(20\)"):
-        federation.run(RunConfig(**{**TINY, "private_size": 20, "n_clients": 50}), splits)
+        engine.run(RunConfig(**{**TINY, "private_size": 20, "n_clients": 50}), splits)
     empty_public = data.Splits(
         "x", splits.private_train, data.Data(splits.public.x[:0], None), splits.test, splits.classes
     )
     with pytest.raises(ValueError, match="public set is empty"):
-        federation.run(RunConfig(**TINY), empty_public)
+        engine.run(RunConfig(**TINY), empty_public)
     # several mistakes at once are reported together
     with pytest.raises(ValueError, match="rounds must be >= 1.*dropout must be in"):
         RunConfig(rounds=0, dropout=1.5)
@@ -136,19 +136,19 @@ def test_bad_input_gives_clear_errors(splits) -> None:
 def test_average_is_the_weighted_mean() -> None:
     a = {"w": torch.tensor([0.0, 4.0]), "n": torch.tensor(2)}
     b = {"w": torch.tensor([4.0, 0.0]), "n": torch.tensor(4)}
-    out = federation.average([a, b], [3, 1])
+    out = strategies.average([a, b], [3, 1])
     assert torch.allclose(out["w"], torch.tensor([1.0, 3.0]))
     assert out["n"].dtype == torch.int64 and out["n"].item() == 2
 
 
 def test_budget_and_time_to_accuracy() -> None:
     h = pd.DataFrame({"server_acc": [0.3, 0.6, 0.5], "cum_bytes": [1e6, 2e6, 3e6], "cum_sim_s": [1.0, 2.0, 3.0]})
-    assert federation.time_to_accuracy(h, 0.55) == 2.0
-    assert pd.isna(federation.time_to_accuracy(h, 0.9))
-    table = federation.budget_table({"m": h}, [0.5, 1.0, 2.5, 10])
+    assert experiments.time_to_accuracy(h, 0.55) == 2.0
+    assert pd.isna(experiments.time_to_accuracy(h, 0.9))
+    table = experiments.budget_table({"m": h}, [0.5, 1.0, 2.5, 10])
     assert table["m"].tolist()[1:] == [0.3, 0.6, 0.6] and pd.isna(table["m"].iloc[0])
     # default budgets: fractions of the reference method's total, the last one exactly its total
-    rel = federation.budget_table({"fedavg": h, "m": h.assign(cum_bytes=h["cum_bytes"] / 10)}, fractions=(0.1, 1.0))
+    rel = experiments.budget_table({"fedavg": h, "m": h.assign(cum_bytes=h["cum_bytes"] / 10)}, fractions=(0.1, 1.0))
     assert rel.index.tolist() == [0.3, 3.0] and rel["fedavg"].tolist()[1] == 0.6 and rel["m"].tolist() == [0.6, 0.6]
 
 

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from reft import comm, models
-from reft.federation import RunConfig
+from reft.config import RunConfig
 from reft.flower import config as fconfig
 
 try:

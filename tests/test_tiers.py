@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from reft import measure, models, pruning, tiers
+from reft import costs, models, tiers
 
 X = torch.zeros(1, 1, 28, 28)
 
@@ -108,15 +108,6 @@ def test_round_time_by_hand(table):
         tiers.round_time(table, "mainframe", 1.0, 1, 1)
 
 
-def test_ratio_costs_are_measured_on_really_pruned_models(cnn):
-    costs = tiers.ratio_costs(cnn, X, [0.0, 0.5]).set_index("ratio")
-    pruned = pruning.prune(cnn, 0.5, X).model
-    assert costs.loc[0.5, "bytes"] == measure.model_bytes(pruned)
-    assert costs.loc[0.5, "forward_flops"] == measure.flops(pruned, X)
-    assert costs.loc[0.0, "params"] == measure.count_params(cnn)
-    assert costs.loc[0.5, "memory_gb"] < costs.loc[0.0, "memory_gb"]
-
-
 def test_proportional_policy(table, cnn):
     res = tiers.choose_ratios("proportional", table, cnn, X, samples=1000, epochs=1, max_ratio=0.8)
     ratios = [res[t].ratio for t in table.index]
@@ -133,11 +124,11 @@ def test_deadline_policy_picks_largest_model_that_fits(table, cnn):
     deadline, samples, epochs = 5.0, 2000, 2
     res = tiers.choose_ratios("deadline", table, cnn, X, samples=samples, epochs=epochs, deadline_s=deadline)
     grid = [round(0.05 * i, 2) for i in range(19)]
-    costs = tiers.ratio_costs(cnn, X, grid).set_index("ratio")
+    cost_of = costs.at_ratios(cnn, X, grid).set_index("ratio")
     for tier, r in res.items():
         assert r.fits_deadline and r.round_time_s <= deadline
         if r.ratio > 0:  # one grid step less pruning would miss the deadline
-            prev = costs.loc[grid[grid.index(r.ratio) - 1]]
+            prev = cost_of.loc[grid[grid.index(r.ratio) - 1]]
             flops = 3 * prev["forward_flops"] * samples * epochs
             assert tiers.round_time(table, tier, flops, int(prev["bytes"]), int(prev["bytes"])) > deadline
     assert res["datacenter_gpu"].ratio == 0.0
@@ -155,7 +146,7 @@ def test_deadline_default_and_impossible(table, cnn):
 
 def test_deadline_respects_memory(table, cnn):
     small = table.copy()
-    need_dense = tiers.ratio_costs(cnn, X, [0.0], batch_size=64)["memory_gb"][0]
+    need_dense = costs.at_ratios(cnn, X, [0.0], batch_size=64)["memory_gb"][0]
     small.loc["datacenter_gpu", "memory_gb"] = need_dense  # half of it usable: the dense model cannot fit
     res = tiers.choose_ratios("deadline", small, cnn, X, samples=100, epochs=1, deadline_s=1e3)
     assert res["datacenter_gpu"].ratio > 0 and res["datacenter_gpu"].fits_memory

@@ -1,10 +1,10 @@
 """REFT on Flower: the in-process engine's strategy objects on Flower's simulation and deployment engines.
 
-* :mod:`reft.flower.config`: a :class:`reft.federation.RunConfig` as a Flower run config, and back;
+* :mod:`reft.flower.config`: a :class:`reft.config.RunConfig` as a Flower run config, and back;
   the Flower App's ``pyproject.toml`` (no Flower import);
 * :mod:`reft.flower.wire`: ``reft.comm`` bytes inside Flower messages;
 * :mod:`reft.flower.server_app` / :mod:`reft.flower.client_app`: the ServerApp (drives
-  ``reft.federation``'s strategy through Flower's Grid) and the ClientApp (trains what it receives);
+  the strategies of ``reft.strategies`` through Flower's Grid) and the ClientApp (trains what it receives);
 * :mod:`reft.flower.launch`: :class:`~reft.flower.launch.Deployment` (a SuperLink and N SuperNodes
   on 127.0.0.1, owned and stopped by PID), :func:`~reft.flower.launch.deploy`,
   :func:`~reft.flower.launch.simulate_superlink`, :func:`~reft.flower.launch.simulate`,

@@ -22,18 +22,19 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from reft import comm, data, federation, train
+from reft import comm, data, engine, federation, train
+from reft.config import RunConfig
 from reft.flower import config as fconfig
 from reft.flower import wire
 
 _CACHE: dict[str, federation.Federation] = {}
 
 
-def _federation(sig: str, cfg: federation.RunConfig) -> federation.Federation:
+def _federation(sig: str, cfg: RunConfig) -> federation.Federation:
     # Cached per process: a ClientApp process may serve several messages (simulation actors do).
     if sig not in _CACHE:
         _CACHE.clear()
-        splits = federation.prepare(cfg, data.load(cfg.dataset, seed=cfg.seed))
+        splits = engine.prepare(cfg, data.load(cfg.dataset, seed=cfg.seed))
         _CACHE[sig] = federation.Federation(cfg, splits)
     return _CACHE[sig]
 
@@ -41,7 +42,7 @@ def _federation(sig: str, cfg: federation.RunConfig) -> federation.Federation:
 STALL_S = 120.0  # how long a node started with node config stall-round=R hangs in round R
 
 
-def _identity(context: Context, cfg: federation.RunConfig) -> tuple[int, str, federation.Client]:
+def _identity(context: Context, cfg: RunConfig) -> tuple[int, str, federation.Client]:
     nc = context.node_config
     if "partition-id" not in nc:
         raise ValueError(
@@ -68,7 +69,7 @@ def _log(out_dir: str, pid: int, row: dict) -> None:
         f.write(json.dumps({"client_id": pid, **row, "os_pid": os.getpid(), "t": time.time()}) + "\n")
 
 
-def _config(context: Context, defaults: Mapping | None) -> tuple[federation.RunConfig, fconfig.FlowerOptions]:
+def _config(context: Context, defaults: Mapping | None) -> tuple[RunConfig, fconfig.FlowerOptions]:
     cfg, opts = fconfig.from_user_config({**(defaults or {}), **context.run_config})
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
@@ -101,7 +102,7 @@ def fit(msg: Message, context: Context, defaults: Mapping | None = None) -> Mess
         raise RuntimeError(f"Client {pid} has no model: the server must send one before the first round it trains.")
     model = comm.decode(payload)
     t = time.perf_counter()
-    federation.client_update(cfg, model, client.x, client.y, rnd, pid)
+    engine.client_update(cfg, model, client.x, client.y, rnd, pid)
     train_s = time.perf_counter() - t
     test = _federation(fconfig.signature(cfg), cfg).splits.test
     acc = train.evaluate(model, test.x, test.y) if cfg.eval_clients else float("nan")

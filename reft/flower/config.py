@@ -1,4 +1,4 @@
-"""A :class:`reft.federation.RunConfig` as Flower run config, and back.
+"""A :class:`reft.RunConfig` as Flower run config, and back.
 
 Flower's run config (``[tool.flwr.app.config]`` in the app's ``pyproject.toml``, ``--run-config``
 overrides, ``Context.run_config``) holds flat scalars only: bool, int, float, str. Keys use dashes
@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 
-from reft.federation import RunConfig
+from reft.config import RunConfig
 
 # RunConfig fields that make no sense across processes (the ServerApp saves its own outputs).
 _SKIP = {"progress", "save_as", "profile"}

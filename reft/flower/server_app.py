@@ -1,8 +1,8 @@
 """The Flower ServerApp: the in-process engine's strategy objects, driven through Flower's Grid.
 
-:func:`serve` is :func:`reft.federation.run` with the clients on the other side of a SuperLink. It
+:func:`serve` is :func:`reft.engine.run` with the clients on the other side of a SuperLink. It
 builds the same :class:`reft.federation.Federation` and the same strategy object
-(``reft.federation.ALGORITHMS[cfg.algorithm]``), and per round asks the strategy what to send each
+(``reft.strategies.ALGORITHMS[cfg.algorithm]``), and per round asks the strategy what to send each
 client (``send``), ships that as :func:`reft.comm.encode` bytes inside a Flower message, collects the
 uploads that arrive before the round's deadline and hands them to ``strategy.aggregate``: for REFT
 that is the server-side ensemble distillation on the public set. No part of the algorithm is
@@ -26,7 +26,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
-from reft import comm, data, federation, report, train
+from reft import comm, data, engine, federation, report, strategies, train
+from reft.config import RunConfig
 from reft.flower import config as fconfig
 from reft.flower import wire
 
@@ -51,7 +52,7 @@ class FlowerRun:
     ledger: comm.Ledger
     nodes: pd.DataFrame
     failures: pd.DataFrame
-    strategy: federation.Strategy = field(repr=False)
+    strategy: strategies.Strategy = field(repr=False)
 
 
 def _write(out_dir: str, name: str, df: pd.DataFrame) -> None:
@@ -109,7 +110,7 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float, poll: float) -> list[int
     return nodes
 
 
-def discover(grid: Grid, cfg: federation.RunConfig, opts: fconfig.FlowerOptions) -> list[RemoteClient]:
+def discover(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions) -> list[RemoteClient]:
     """Ask every connected SuperNode who it is; one :class:`RemoteClient` per partition id, in order."""
     nodes = _wait_for_nodes(grid, cfg.n_clients, opts.node_timeout, opts.poll_interval)
     hello = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in nodes]
@@ -128,9 +129,7 @@ def discover(grid: Grid, cfg: federation.RunConfig, opts: fconfig.FlowerOptions)
     return [clients[i] for i in range(cfg.n_clients)]
 
 
-def serve(
-    grid: Grid, cfg: federation.RunConfig, opts: fconfig.FlowerOptions, splits: data.Splits | None = None
-) -> FlowerRun:
+def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.Splits | None = None) -> FlowerRun:
     """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` over the SuperNodes behind ``grid``."""
     t_start = time.perf_counter()
     if opts.threads > 0:
@@ -138,20 +137,20 @@ def serve(
     status = {"status": "running", "rounds_done": 0}
     _write_json(opts.out_dir, "status.json", status)
     try:
-        splits = federation.prepare(cfg, splits if splits is not None else data.load(cfg.dataset, seed=cfg.seed))
+        splits = engine.prepare(cfg, splits if splits is not None else data.load(cfg.dataset, seed=cfg.seed))
         fed = federation.Federation(cfg, splits, clients=discover(grid, cfg, opts))  # tiers, sizes as reported
         nodes = pd.DataFrame(
             [{"client": c.id, "node_id": c.node_id, "tier": c.tier, "samples": c.samples} for c in fed.clients]
         )
         _write(opts.out_dir, "nodes.csv", nodes)
-        strategy = federation.ALGORITHMS[cfg.algorithm]()
+        strategy = strategies.create(cfg.algorithm)
         ledger = comm.Ledger()
         strategy.setup(fed)
         rows, fails = [], []
         cum_up = cum_down = 0
         for rnd in range(1, cfg.rounds + 1):
             t_round = time.perf_counter()
-            active = federation.participants(cfg, rnd)
+            active = engine.participants(cfg, rnd)
             msgs, down_of = [], {}
             for cid in active:
                 cl = fed.clients[cid]

@@ -1,0 +1,203 @@
+"""The in-process engine: the rounds of a federated run, the wire, dropout, timing and the history.
+
+One round, for every client that did not drop out:
+
+1. ``strategy.send(fed, round, client)`` says what the server sends this client now (a model, or
+   ``None`` for nothing); it crosses the wire as :func:`reft.comm.encode` bytes and the client keeps
+   the decoded copy as its local model;
+2. the client trains that model on its shard (:func:`reft.train.fit`);
+3. the client uploads its model (encoded, counted, decoded on the server);
+4. after all clients: ``strategy.aggregate(fed, round, uploads)`` does the server step.
+
+Every payload is counted in the :class:`reft.comm.Ledger` with ``len()`` of its real bytes, in both
+directions. The algorithm is a strategy object from :mod:`reft.strategies` (looked up by
+``RunConfig.algorithm`` in its registry); the population it runs on is a :class:`reft.federation.Federation`.
+The Flower ServerApp (:mod:`reft.flower.server_app`) drives the same strategies through the same
+:func:`client_update` and :func:`participants`, so both engines train identically for one seed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from reft import comm, costs, data, report, strategies, train
+from reft import tiers as tiers_mod
+from reft.config import RunConfig
+from reft.federation import Federation
+from reft.strategies import Strategy
+
+# History columns that hold wall-clock measurements (differ run to run; everything else is seeded).
+TIMING_COLUMNS = ("wall_s", "work_s", "overhead_pct")
+
+
+@dataclass
+class RunResult:
+    """A finished run: its config, the per-round history, the Ledger, the clients and their models."""
+
+    config: RunConfig
+    history: pd.DataFrame
+    ledger: comm.Ledger
+    clients: pd.DataFrame
+    client_models: dict[int, nn.Module] = field(repr=False)
+    strategy: Strategy = field(repr=False)
+
+    def client_accuracy(self, test: data.Data) -> pd.DataFrame:
+        """The client table plus each client's final local model's accuracy on ``test``."""
+        acc = {i: train.evaluate(m, test.x, test.y) for i, m in self.client_models.items()}
+        return self.clients.assign(test_acc=self.clients["client"].map(acc))
+
+    @property
+    def overhead_pct(self) -> float:
+        """Engine time (wire, ledger, bookkeeping) as % of the whole run's wall time."""
+        wall, work = self.history["wall_s"].sum(), self.history["work_s"].sum()
+        return 100.0 * (wall - work) / wall
+
+
+def prepare(cfg: RunConfig, splits: data.Splits | None) -> data.Splits:
+    """The run's data: ``splits`` (or the loaded dataset) subsampled as configured, checked for the clients."""
+    if splits is None:
+        splits = data.load(cfg.dataset, seed=cfg.seed)
+    splits = splits.subsample(cfg.private_size, cfg.public_size, cfg.test_size, seed=cfg.seed)
+    if len(splits.public) == 0:
+        raise ValueError("The public set is empty: REFT distils on unlabelled public data; use public_size >= 1.")
+    if cfg.n_clients > len(splits.private_train):
+        raise ValueError(
+            f"More clients ({cfg.n_clients}) than private samples ({len(splits.private_train)}): "
+            "use fewer clients or a larger private_size."
+        )
+    return splits
+
+
+def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | None = None) -> RunResult:
+    """Run one federated training as configured; returns history, Ledger and clients.
+
+    ``splits`` (already loaded data) saves reloading across runs; the config's subsample sizes still
+    apply. ``strategy`` overrides ``cfg.algorithm`` with a ready-made strategy object.
+    """
+    cfg.validate()
+    splits = prepare(cfg, splits)
+    fed = Federation(cfg, splits)
+    strategy = strategy or strategies.create(cfg.algorithm)
+    ledger = comm.Ledger()
+    t0 = time.perf_counter()
+    strategy.setup(fed)
+    setup_s = time.perf_counter() - t0
+    rows: list[dict] = []
+    cum_up = cum_down = 0
+    cum_sim = 0.0
+    bar = tqdm(range(1, cfg.rounds + 1), desc=f"{strategy.name} rounds", disable=not cfg.progress)
+    for rnd in bar:
+        t_round = time.perf_counter()
+        work = setup_s if rnd == 1 else 0.0
+        active = participants(cfg, rnd)
+        uploads: dict[int, nn.Module] = {}
+        stats: list[dict] = []
+        for cid in active:
+            cl = fed.clients[cid]
+            t = time.perf_counter()
+            offer = strategy.send(fed, rnd, cl)
+            work += time.perf_counter() - t
+            down = 0
+            if offer is not None:
+                payload = ledger.record(rnd, cid, "down", comm.encode(offer))
+                cl.model, down = comm.decode(payload), len(payload)
+            if cl.model is None:
+                raise RuntimeError(f"{strategy.name}: client {cid} has no model; send() must give it one first.")
+            t = time.perf_counter()
+            client_update(cfg, cl.model, cl.x, cl.y, rnd, cid)
+            acc = train.evaluate(cl.model, splits.test.x, splits.test.y) if cfg.eval_clients else float("nan")
+            work += time.perf_counter() - t
+            payload = ledger.record(rnd, cid, "up", comm.encode(cl.model))
+            uploads[cid] = comm.decode(payload)
+            flops = fed.train_flops_per_sample(cl.model) * cl.n_samples * cfg.local_epochs
+            sim = tiers_mod.round_time(fed.tiers, cl.tier, flops, down, len(payload))
+            stats.append({"tier": cl.tier, "acc": acc, "flops": flops, "down": down, "up": len(payload), "sim": sim})
+        t = time.perf_counter()
+        extra = strategy.aggregate(fed, rnd, uploads)
+        server_acc = train.evaluate(strategy.server_model, splits.test.x, splits.test.y)
+        work += time.perf_counter() - t
+
+        st = pd.DataFrame(stats)
+        up, down = int(st["up"].sum()), int(st["down"].sum())
+        cum_up, cum_down, cum_sim = cum_up + up, cum_down + down, cum_sim + float(st["sim"].max())
+        row = {
+            "algorithm": strategy.name,
+            "round": rnd,
+            "server_acc": server_acc,
+            "client_acc_mean": float(st["acc"].mean()),
+            **extra,
+            "participants": len(active),
+            "bytes_up": up,
+            "bytes_down": down,
+            "cum_bytes_up": cum_up,
+            "cum_bytes_down": cum_down,
+            "cum_bytes": cum_up + cum_down,
+            "sim_round_s": float(st["sim"].max()),
+            "cum_sim_s": cum_sim,
+        }
+        by_tier = st.groupby("tier")
+        for tier in fed.tier_names:
+            has = tier in by_tier.groups
+            row[f"acc[{tier}]"] = float(by_tier.get_group(tier)["acc"].mean()) if has else float("nan")
+            row[f"gflops[{tier}]"] = float(by_tier.get_group(tier)["flops"].mean()) / 1e9 if has else float("nan")
+        wall = time.perf_counter() - t_round + (setup_s if rnd == 1 else 0.0)
+        row.update({"wall_s": wall, "work_s": work, "overhead_pct": 100.0 * (wall - work) / wall})
+        rows.append(row)
+        if cfg.save_as:  # an interrupted run keeps every finished round
+            report.save_table(pd.DataFrame(rows), cfg.save_as, cfg.profile)
+        bar.set_postfix(acc=f"{server_acc:.3f}", MB=f"{(cum_up + cum_down) / 1e6:.1f}")
+    bar.close()
+    history = pd.DataFrame(rows)
+    return RunResult(
+        cfg, history, ledger, client_table(fed), {c.id: c.model for c in fed.clients if c.model is not None}, strategy
+    )
+
+
+def client_update(
+    cfg: RunConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rnd: int, cid: int
+) -> train.FitResult:
+    """A client's local training in round ``rnd``, seeded by (run seed, round, client): every engine
+    (in-process, Flower) calls this, so the same seed trains identically everywhere."""
+    seed = cfg.seed * 100_003 + rnd * 1_009 + cid
+    return train.fit(model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed)
+
+
+def participants(cfg: RunConfig, rnd: int) -> list[int]:
+    """Clients in this round: a seeded random ``dropout`` fraction drops out (at least one stays)."""
+    n_drop = min(int(round(cfg.dropout * cfg.n_clients)), cfg.n_clients - 1)
+    rng = np.random.default_rng([cfg.seed, rnd])
+    dropped = set(rng.choice(cfg.n_clients, size=n_drop, replace=False).tolist())
+    return [i for i in range(cfg.n_clients) if i not in dropped]
+
+
+def client_table(fed: Federation) -> pd.DataFrame:
+    """One row per client: tier, samples, its final model's size and cost, and whether its tier can afford
+    it (training memory within the usable share of the tier's memory, as :mod:`reft.tiers` counts it;
+    predicted round time within ``deadline_s`` when one is set)."""
+    cfg, rows = fed.cfg, []
+    for c in fed.clients:
+        row = {"client": c.id, "tier": c.tier, "samples": c.n_samples}
+        if c.model is not None:
+            cost = costs.at_ratios(c.model, fed.example_input, [0.0], batch_size=cfg.batch_size).iloc[0]
+            flops = fed.train_flops_per_sample(c.model) * c.n_samples * cfg.local_epochs
+            rt = tiers_mod.round_time(fed.tiers, c.tier, flops, int(cost["bytes"]), int(cost["bytes"]))
+            limit = float(fed.tiers.loc[c.tier, "memory_gb"]) * tiers_mod.MEMORY_FRACTION
+            row.update(
+                widths=list(c.model.widths),
+                params=int(cost["params"]),
+                model_bytes=int(cost["bytes"]),
+                train_gflops_per_round=flops / 1e9,
+                train_memory_gb=float(cost["memory_gb"]),
+                fits_memory=bool(cost["memory_gb"] <= limit),
+                round_time_s=rt,
+                meets_deadline=cfg.deadline_s is None or rt <= cfg.deadline_s,
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)

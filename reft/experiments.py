@@ -1,0 +1,136 @@
+"""Experiments over runs: sweeps over config variants, every method on every partition, and the tables
+read from their histories (summary row, time to accuracy, accuracy within a byte budget).
+
+Nothing here trains on its own; every number comes from :func:`reft.engine.run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from reft import data
+from reft.config import RunConfig
+from reft.engine import RunResult, run
+
+
+def time_to_accuracy(history: pd.DataFrame, target: float) -> float:
+    """Simulated seconds until the server model first reaches ``target`` accuracy (NaN if never)."""
+    hit = history.loc[history["server_acc"] >= target, "cum_sim_s"]
+    return float(hit.iloc[0]) if len(hit) else float("nan")
+
+
+def accuracy_at_budget(history: pd.DataFrame, budget_bytes: float) -> float:
+    """Best server accuracy reached by the end of a round whose cumulative bytes fit ``budget_bytes``."""
+    fit = history.loc[history["cum_bytes"] <= budget_bytes, "server_acc"]
+    return float(fit.max()) if len(fit) else float("nan")
+
+
+def summary(result: RunResult, target_acc: float | None = None) -> dict:
+    """One row of the comparison table for a finished run."""
+    h, cfg = result.history, result.config
+    up, down = result.ledger.total("up"), result.ledger.total("down")
+    row = {
+        "method": result.strategy.name,
+        "partition": partition_label(cfg.partition if cfg.partition != "dirichlet" else cfg.alpha),
+        "rounds": len(h),
+        "final_acc": float(h["server_acc"].iloc[-1]),
+        "best_acc": float(h["server_acc"].max()),
+        "client_acc_mean": float(h["client_acc_mean"].iloc[-1]),
+        "mb_up": up / 1e6,
+        "mb_down": down / 1e6,
+        "mb_total": (up + down) / 1e6,
+    }
+    for col in h.columns:
+        if col.startswith("gflops["):
+            row[f"client_{col}_per_round"] = float(h[col].mean())
+    row["sim_time_s"] = float(h["cum_sim_s"].iloc[-1])
+    if target_acc is not None:
+        row[f"sim_time_to_{target_acc:g}_s"] = time_to_accuracy(h, target_acc)
+    row["overhead_pct"] = result.overhead_pct
+    return row
+
+
+def partition_kw(partition: str | float) -> dict:
+    """``"iid"``/``"shards"`` as they are, a number as a Dirichlet alpha: RunConfig fields."""
+    if isinstance(partition, str):
+        return {"partition": partition, "alpha": None}
+    return {"partition": "dirichlet", "alpha": float(partition)}
+
+
+@dataclass
+class Comparison:
+    """Several methods on several partitions: one summary row per run, every history, every client."""
+
+    table: pd.DataFrame
+    history: pd.DataFrame
+    clients: pd.DataFrame
+    results: list[RunResult] = field(repr=False)
+
+
+def partition_label(partition: str | float) -> str:
+    """How a partition is named in tables: ``iid``, ``shards`` or ``dirichlet(0.5)``."""
+    return partition if isinstance(partition, str) else f"dirichlet({float(partition):g})"
+
+
+def sweep(
+    base: RunConfig,
+    splits: data.Splits | None,
+    variants: Mapping[Hashable, Mapping[str, Any]],
+    names: Sequence[str] = ("variant",),
+    target_acc: float | None = None,
+    save_prefix: str | None = None,
+) -> Comparison:
+    """Run ``base`` once per variant (a dict of RunConfig changes, keyed by its label or a tuple of
+    labels named by ``names``): one summary row per run, every history and client table, labelled.
+
+    With ``save_prefix`` each run's history is saved after every round as
+    ``results/<profile>/<save_prefix>_<labels>.csv``.
+    """
+    results, tables, histories, clients = [], [], [], []
+    for key, changes in tqdm(variants.items(), desc="runs", disable=not base.progress):
+        labels = dict(zip(names, key if isinstance(key, tuple) else (key,), strict=True))
+        name = "_".join([save_prefix, *map(str, labels.values())]) if save_prefix else None
+        res = run(base.replace(save_as=name, **changes), splits)
+        results.append(res)
+        tables.append({**summary(res, target_acc), **labels})
+        histories.append(res.history.assign(**labels))
+        clients.append(res.clients.assign(**labels))
+    return Comparison(pd.DataFrame(tables), pd.concat(histories, ignore_index=True), pd.concat(clients), results)
+
+
+def compare(
+    base: RunConfig,
+    splits: data.Splits | None = None,
+    methods: Sequence[str] = ("reft", "fedavg", "fedavg-weakest"),
+    partitions: Sequence[str | float] = ("iid", 0.5),
+    target_acc: float | None = None,
+    save_prefix: str | None = None,
+) -> Comparison:
+    """Every method on every partition with otherwise identical settings (``base``): a :func:`sweep`
+    labelled by ``method`` and ``partition``."""
+    variants = {(m, partition_label(p)): {"algorithm": m, **partition_kw(p)} for p in partitions for m in methods}
+    return sweep(base, splits, variants, ("method", "partition"), target_acc, save_prefix)
+
+
+def budget_table(
+    histories: Mapping[str, pd.DataFrame],
+    budgets_mb: Sequence[float] | None = None,
+    fractions: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
+    reference: str = "fedavg",
+) -> pd.DataFrame:
+    """Best accuracy each method reached within each byte budget (rows: budgets in MB; columns: methods).
+
+    Without ``budgets_mb`` the budgets are ``fractions`` of the ``reference`` method's total bytes
+    (of the largest total when that method is absent).
+    """
+    if budgets_mb is None:
+        ref = histories.get(reference)
+        top = ref["cum_bytes"].max() if ref is not None else max(h["cum_bytes"].max() for h in histories.values())
+        budgets_mb = [f * top / 1e6 for f in fractions]
+    table = {name: [accuracy_at_budget(h, b * 1e6) for b in budgets_mb] for name, h in histories.items()}
+    return pd.DataFrame(table, index=pd.Index(list(budgets_mb), name="budget_mb"))
