@@ -5,11 +5,18 @@
 * :mod:`reft.flower.wire`: ``reft.comm`` bytes inside Flower messages;
 * :mod:`reft.flower.server_app` / :mod:`reft.flower.client_app`: the ServerApp (drives
   the strategies of ``reft.strategies`` through Flower's Grid) and the ClientApp (trains what it receives);
-* :mod:`reft.flower.launch`: :class:`~reft.flower.launch.Deployment` (a SuperLink and N SuperNodes
-  on 127.0.0.1, owned and stopped by PID), :func:`~reft.flower.launch.deploy`,
-  :func:`~reft.flower.launch.simulate_superlink`, :func:`~reft.flower.launch.simulate`,
-  :func:`~reft.flower.launch.run` (any of them in a loopback-only network namespace) and
-  :func:`~reft.flower.launch.compare` (side by side with the in-process engine);
+* :mod:`reft.flower.processes`: the processes of a run, started with a marker in their environment,
+  found by it and stopped by PID; offline environment, free ports, loopback-only network namespace;
+* :mod:`reft.flower.deployment`: :class:`~reft.flower.deployment.Deployment` (a SuperLink and N SuperNodes
+  on 127.0.0.1, owned and stopped by PID; submits REFT with ``flwr run``);
+* :mod:`reft.flower.results`: :class:`~reft.flower.results.FlowerResult` and
+  :func:`~reft.flower.results.read_result` (what a run wrote into its output folder);
+* :mod:`reft.flower.engines`: :func:`~reft.flower.engines.deploy`,
+  :func:`~reft.flower.engines.simulate_superlink`, :func:`~reft.flower.engines.simulate` and
+  :func:`~reft.flower.engines.run` (any of them in a child process in a loopback-only network namespace);
+* :mod:`reft.flower.compare`: :func:`~reft.flower.compare.compare` (side by side with the in-process engine);
+* :mod:`reft.flower.launch`: the command line (:func:`~reft.flower.launch.main`); re-exports all of the above
+  that callers use (``from reft.flower import launch``; ``launch.run``, ``launch.compare``, ...);
 * ``python -m reft.flower {deploy,simulate,simulate-superlink,app}``: the same from the command line.
 
 Needs the optional extra: ``pip install -e '.[flower]'``.
