@@ -48,7 +48,7 @@ class RunConfig:
     # server distillation (REFT)
     temperature: float = 1.0
     ensemble: str = "logits"
-    weighting: str = "samples"
+    weighting: str | None = None  # None: the algorithm's own choice (uniform for FedDF and HeteroFL, as published)
     distill_epochs: int = 10
     distill_lr: float = 1e-3
     distill_batch_size: int = 128
@@ -79,7 +79,7 @@ class RunConfig:
             errors.append(f"unknown policy {self.policy!r}; valid policies: {', '.join(POLICIES)}")
         if self.ensemble not in distill.MODES:
             errors.append(f"unknown ensemble {self.ensemble!r}; valid: {', '.join(distill.MODES)}")
-        if self.weighting not in WEIGHTINGS:
+        if self.weighting is not None and self.weighting not in WEIGHTINGS:
             errors.append(f"unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
         checks = [
             (self.rounds >= 1, f"rounds must be >= 1; got {self.rounds}"),

@@ -116,6 +116,8 @@ def distill(
     batch_size: int = 128,
     val_fraction: float = 0.1,
     patience: int = 2,
+    schedule: str = "constant",
+    clip_grad: float | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> DistillResult:
@@ -125,6 +127,8 @@ def distill(
     :func:`teacher_outputs`). A seeded ``val_fraction`` of the public set is held out; after every
     epoch the KD loss on it is measured, and the student ends with the weights of its best epoch
     (training stops after ``patience`` epochs without improvement). Adam, as in FedDF.
+    ``schedule="cosine"`` anneals the learning rate to 0 over the step budget (``epochs`` x batches
+    per epoch), stepped every batch; ``clip_grad`` clips the gradient norm (FedDF's code: cosine, 5).
     """
     _check_temperature(temperature)
     if len(public_x) == 0:
@@ -133,6 +137,10 @@ def distill(
         raise ValueError(f"Need epochs >= 1, batch_size >= 1, lr > 0, patience >= 0; got {epochs}, {batch_size}, {lr}.")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}.")
+    if schedule not in ("constant", "cosine") or (clip_grad is not None and clip_grad <= 0):
+        raise ValueError(
+            f"schedule must be 'constant' or 'cosine' and clip_grad > 0 or None; got {schedule!r}, {clip_grad}."
+        )
     t0 = time.perf_counter()
     if isinstance(teachers, torch.Tensor):
         if len(teachers) != len(public_x):
@@ -152,6 +160,8 @@ def distill(
     torch.manual_seed(seed)
     student.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
+    budget = epochs * -(-len(x_tr) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, budget)) if schedule == "cosine" else None
     result = DistillResult()
     best_loss, best_state, bad = float("inf"), None, 0
     for epoch in tqdm(range(epochs), desc="distill", disable=not progress, leave=False):
@@ -163,7 +173,11 @@ def distill(
             loss = kd_loss(student(xb), t_tr[idx], temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_grad is not None:
+                nn.utils.clip_grad_norm_(student.parameters(), clip_grad)
             opt.step()
+            if sched is not None:
+                sched.step()
         result.samples += len(x_tr)
         result.epochs_run = epoch + 1
         if n_val == 0:  # nothing held out: keep the last epoch

@@ -19,7 +19,10 @@ The Flower ServerApp (:mod:`reft.flower.server_app`) drives the same strategies 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -111,7 +114,7 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
             if cl.model is None:
                 raise RuntimeError(f"{strategy.name}: client {cid} has no model; send() must give it one first.")
             t = time.perf_counter()
-            client_update(cfg, cl.model, cl.x, cl.y, rnd, cid)
+            client_update(cfg, cl.model, cl.x, cl.y, rnd, cid, strategy, strategy.local_options(fed, cl))
             acc = train.evaluate(cl.model, splits.test.x, splits.test.y) if cfg.eval_clients else float("nan")
             work += time.perf_counter() - t
             payload = ledger.record(rnd, cid, "up", comm.encode(cl.model))
@@ -161,12 +164,19 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
 
 
 def client_update(
-    cfg: RunConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rnd: int, cid: int
-) -> train.FitResult:
+    cfg: RunConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rnd: int, cid: int,
+    strategy: Strategy | None = None, options: Mapping[str, Any] | None = None,
+) -> train.FitResult:  # fmt: skip
     """A client's local training in round ``rnd``, seeded by (run seed, round, client): every engine
-    (in-process, Flower) calls this, so the same seed trains identically everywhere."""
+    (in-process, Flower) calls this, so the same seed trains identically everywhere. ``strategy``
+    and ``options`` (its :meth:`~reft.strategies.Strategy.local_options` for this client) let an
+    algorithm change local training, e.g. HeteroFL's Scaler and masked cross-entropy."""
     seed = cfg.seed * 100_003 + rnd * 1_009 + cid
-    return train.fit(model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed)
+    ctx = strategy.local_training(model, y, options or {}) if strategy is not None else nullcontext(None)
+    with ctx as loss_fn:
+        return train.fit(
+            model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, loss_fn=loss_fn
+        )
 
 
 def participants(cfg: RunConfig, rnd: int) -> list[int]:

@@ -104,9 +104,11 @@ class Federation:
         present = {c.tier for c in self.clients}
         return [t for t in self.tiers.index if t in present]
 
-    def weights(self, client_ids: Sequence[int]) -> list[float]:
-        """Aggregation weights of these clients: equal, or by data size (``cfg.weighting``)."""
-        if self.cfg.weighting == "uniform":
+    def weights(self, client_ids: Sequence[int], weighting: str = "samples") -> list[float]:
+        """Aggregation weights of these clients: equal (``uniform``), or by data size (``samples``)."""
+        if weighting not in ("uniform", "samples"):
+            raise ValueError(f"Unknown weighting {weighting!r}; valid: uniform, samples.")
+        if weighting == "uniform":
             return [1.0] * len(client_ids)
         return [float(self.clients[i].n_samples) for i in client_ids]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reft import data, engine, models, strategies
 from reft.config import RunConfig
@@ -55,11 +56,13 @@ def _same_history(a: engine.RunResult, b: engine.RunResult) -> None:
 
 
 def test_heterofl_at_full_width_is_fedavg(splits: data.Splits) -> None:
-    cfg = RunConfig(algorithm="fedavg", max_ratio=0.0, **TINY)
+    # same weighting for both (HeteroFL's own is uniform, FedAvg's by samples); the Scaler is the identity
+    # at full width; masking off (masked cross-entropy is HeteroFL's, not FedAvg's)
+    cfg = RunConfig(algorithm="fedavg", max_ratio=0.0, weighting="samples", **TINY)
     fedavg = engine.run(cfg, splits)
-    _same_history(fedavg, engine.run(cfg, splits, strategy=strategies.HeteroFL(bn="averaged")))
+    _same_history(fedavg, engine.run(cfg, splits, strategy=strategies.HeteroFL(bn="averaged", masked_ce=False)))
     # static BN (the default) changes only the BN running statistics, never what is learned
-    static = engine.run(cfg.replace(algorithm="heterofl"), splits).strategy.server_model
+    static = engine.run(cfg, splits, strategy=strategies.HeteroFL(masked_ce=False)).strategy.server_model
     ref = fedavg.strategy.server_model
     assert all(torch.equal(a, b) for a, b in zip(static.parameters(), ref.parameters(), strict=True))
     means = [[m.running_mean for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)] for net in (static, ref)]
@@ -82,7 +85,7 @@ def test_heterofl_static_bn_statistics_are_the_public_sets(splits: data.Splits) 
 
 
 def test_feddf_one_group_without_distillation_is_fedavg(splits: data.Splits) -> None:
-    cfg = RunConfig(algorithm="fedavg", max_ratio=0.0, **TINY)
+    cfg = RunConfig(algorithm="fedavg", max_ratio=0.0, weighting="samples", **TINY)
     feddf = engine.run(cfg, splits, strategy=strategies.FedDF(distill=False))
     assert len(feddf.strategy.groups) == 1
     _same_history(engine.run(cfg, splits), feddf)
@@ -101,3 +104,56 @@ def test_heterofl_and_feddf_with_heterogeneous_tiers(splits: data.Splits) -> Non
     # FedDF broadcasts every round: down bytes every round, like FedAvg
     assert (df.history["bytes_down"] > 0).all() and (het.history["bytes_down"] > 0).all()
     assert df.history["server_acc"].max() > 0.25 and het.history["server_acc"].max() > 0.25  # chance: 0.1
+
+
+def test_scaler_divides_by_the_rate_in_training_only() -> None:
+    torch.manual_seed(0)
+    full = models.build("cnn", widths=[4, 8, 16, 16])
+    sub = models.build("cnn", widths=[2, 8, 16, 4])  # conv1 at rate 2/4, hidden layer at rate 4/16
+    x, h = torch.randn(3, 1, 28, 28), torch.randn(3, 64)
+    conv1, conv2, fc, head = sub.features[0], sub.features[4], sub.fc, sub.classifier
+    x2 = torch.randn(3, 2, 14, 14)
+    with torch.no_grad():
+        plain = {"conv1": F.conv2d(x, conv1.weight, padding=1), "conv2": F.conv2d(x2, conv2.weight, padding=1),
+                 "fc": F.linear(h, fc.weight, fc.bias)}  # fmt: skip
+        with heterofl.scaler(sub, full):
+            sub.train()
+            assert torch.allclose(conv1(x), plain["conv1"] / 0.5)
+            assert torch.allclose(fc(h), plain["fc"] / 0.25)
+            assert torch.allclose(conv2(x2), plain["conv2"])  # full width: rate 1, untouched
+            z = torch.randn(3, 4)
+            assert torch.allclose(head(z), F.linear(z, head.weight, head.bias))  # the classifier keeps every output
+            sub.eval()
+            assert torch.allclose(conv1(x), plain["conv1"]) and torch.allclose(fc(h), plain["fc"])  # eval: identity
+        sub.train()
+        assert torch.allclose(conv1(x), plain["conv1"])  # hooks removed when the context closes
+
+
+def test_masked_cross_entropy_by_hand() -> None:
+    logits = torch.tensor([[2.0, -1.0, 5.0, 0.5]])
+    y = torch.tensor([0])
+    loss = heterofl.masked_cross_entropy(torch.tensor([0, 1, 1]), num_classes=4)  # the client holds 0 and 1
+    # classes 2 and 3 are absent: their logits become 0 (not -inf), as in the published code
+    want = -(2.0 - torch.log(torch.exp(torch.tensor([2.0, -1.0, 0.0, 0.0])).sum()))
+    assert torch.allclose(loss(logits, y), want)
+    z = logits.clone().requires_grad_()
+    loss(z, y).backward()
+    assert torch.equal(z.grad[0, 2:], torch.zeros(2)) and (z.grad[0, :2] != 0).all()  # absent classes: no gradient
+    every = heterofl.masked_cross_entropy(torch.arange(4), num_classes=4)
+    assert torch.equal(every(logits, y), F.cross_entropy(logits, y))
+
+
+def test_heterofl_trains_with_scaler_and_mask_and_leaves_no_hooks(splits: data.Splits) -> None:
+    cfg = RunConfig(algorithm="heterofl", max_ratio=0.5, partition="shards", **TINY)
+    runs = {
+        (s, m): engine.run(cfg, splits, strategy=strategies.HeteroFL(scaler=s, masked_ce=m))
+        for s, m in [(True, True), (False, True), (True, False)]
+    }
+    weights = {k: r.strategy.server_model.state_dict()["fc.weight"] for k, r in runs.items()}
+    assert not torch.equal(weights[(True, True)], weights[(False, True)])  # the Scaler changed training
+    assert not torch.equal(weights[(True, True)], weights[(True, False)])  # so did the mask (2 classes per shard)
+    for r in runs.values():
+        for m in r.client_models.values():
+            assert not any(mod._forward_hooks for mod in m.modules())
+    opts = runs[(True, True)].strategy.local_options(None, None)
+    assert opts == {"scaler_widths": [4, 8, 16, 16], "masked_ce": True}

@@ -22,7 +22,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from reft import comm, data, engine, federation, train
+from reft import comm, data, engine, federation, strategies, train
 from reft.config import RunConfig
 from reft.flower import config as fconfig
 from reft.flower import wire
@@ -102,7 +102,8 @@ def fit(msg: Message, context: Context, defaults: Mapping | None = None) -> Mess
         raise RuntimeError(f"Client {pid} has no model: the server must send one before the first round it trains.")
     model = comm.decode(payload)
     t = time.perf_counter()
-    engine.client_update(cfg, model, client.x, client.y, rnd, pid)
+    local = json.loads(str(msg.content["round"].get("local", "{}")))
+    engine.client_update(cfg, model, client.x, client.y, rnd, pid, strategies.create(cfg.algorithm), local)
     train_s = time.perf_counter() - t
     test = _federation(fconfig.signature(cfg), cfg).splits.test
     acc = train.evaluate(model, test.x, test.y) if cfg.eval_clients else float("nan")

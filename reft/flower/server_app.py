@@ -154,7 +154,8 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
             msgs, down_of = [], {}
             for cid in active:
                 cl = fed.clients[cid]
-                content = RecordDict({"round": ConfigRecord({"round": rnd})})
+                local = json.dumps(strategy.local_options(fed, cl))  # how to train, beyond the model
+                content = RecordDict({"round": ConfigRecord({"round": rnd, "local": local})})
                 offer: nn.Module | None = strategy.send(fed, rnd, cl)
                 if offer is not None:
                     payload = ledger.record(rnd, cid, "down", comm.encode(offer))

@@ -8,11 +8,14 @@ the uploads; the engine (:mod:`reft.engine`) owns clients, dropout, the wire, ti
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
 
 from reft.federation import Client, Federation
+from reft.train import LossFn
 
 
 class Strategy:
@@ -25,6 +28,8 @@ class Strategy:
 
     name = "strategy"
     server_model: nn.Module
+    #: how uploads are weighted when ``RunConfig.weighting`` is None: "samples" (by data size) or "uniform"
+    weighting = "samples"
 
     def setup(self, fed: Federation) -> None:
         raise NotImplementedError
@@ -35,6 +40,22 @@ class Strategy:
     def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
         """Server step on the decoded uploads (client id -> model); returns extra history columns."""
         raise NotImplementedError
+
+    def weights(self, fed: Federation, client_ids: Sequence[int]) -> list[float]:
+        """Aggregation weights of these clients: ``RunConfig.weighting`` if set, else this algorithm's own."""
+        return fed.weights(client_ids, fed.cfg.weighting or self.weighting)
+
+    def local_options(self, fed: Federation, client: Client) -> dict[str, Any]:
+        """What a client needs to know to train as this algorithm says, beyond the model (JSON-able:
+        it travels with the model on Flower). Nothing by default."""
+        return {}
+
+    def local_training(
+        self, model: nn.Module, y: torch.Tensor, options: Mapping[str, Any]
+    ) -> AbstractContextManager[LossFn | None]:
+        """Client side: a context that prepares ``model`` for local training with ``options`` (from
+        :meth:`local_options`) and yields the loss to train with (None: cross-entropy). Plain by default."""
+        return nullcontext(None)
 
 
 def average_overlapping(

@@ -1,28 +1,52 @@
 """HeteroFL (Diao et al., ICLR 2021): one global model; a client of a tier gets the leading slice
 of every layer's channels at its tier's widths (the same widths REFT's pruning gives that tier, so
 both approaches are compared at equal client cost); the server averages every parameter entry over
-the clients that hold it. Batch norm (``bn``): HeteroFL's static BN keeps no useful running
-statistics during training and recomputes them for evaluation. Here the server recomputes them after
-every aggregation in one pass over its public set (``bn="public"``, the default: the server already
-holds that set for REFT and FedDF, and no client traffic is needed; the paper instead queries the
-clients). ``bn="averaged"`` averages the clients' running statistics entry by entry like the
-weights; that is wrong for a width-sliced model (a leading channel's statistics in a narrow
-sub-model describe a layer whose input lacks the trailing channels), and in the fmnist run it made
-the IID server accuracy fall by 20 points in the last round (``scripts/heterofl_bn_check.py``).
-Training itself never reads running statistics, so the two variants learn identical weights.
+the clients that hold it.
+
+Checked against the published code (dem123456789/HeteroFL-..., ``src/fed.py``, ``src/models/conv.py``,
+``src/modules/modules.py``, ``src/train_classifier_fed.py``) and Flower's HeteroFL baseline.
+
+Same as published: leading channel slices; per-entry averaging where entries no client holds keep their
+value; each client counted once (``weighting = "uniform"``, as ``combine()`` counts clients); the
+**Scaler** (:func:`scaler`: a width-reduced layer's output divided by ``width / global width`` in
+training mode, identity in eval mode; in the published models every Scaler precedes a norm layer,
+where batch statistics cancel it almost exactly; in our CNN it also acts on the hidden linear layer,
+which has no norm after it); **masked cross-entropy** (:func:`masked_cross_entropy`: absent classes'
+logits set to 0, on in every published run; with every class on a client it is plain cross-entropy).
+
+Still different, and why:
+
+* **batch norm** (``bn``): published static BN keeps no running statistics while training and, for
+  evaluation, recomputes them in one pass over the *clients' private training data* on the server.
+  Here the server recomputes them after every aggregation on its unlabelled public set
+  (``bn="public"``, the default: no private data needed). ``bn="averaged"`` averages the clients'
+  running statistics entry by entry like the weights; that is wrong for width slices (a leading
+  channel's statistics in a narrow sub-model describe a layer whose input lacks the trailing
+  channels): ``scripts/heterofl_bn_check.py``. Training never reads running statistics, so both
+  variants learn identical weights.
+* **classifier rows**: published ``combine()`` averages each class's classifier row only over clients
+  whose data hold that class; that needs every client's label set on the server, which our clients do
+  not report. Not done here.
+* **recipe and models**: published: SGD 0.1 (CIFAR), batch 10, gradient clipping at 1, step decay per
+  round, pre-activation ResNet / a 4-conv CNN, rates 1, 1/2, 1/4, ...; ours: the recipe, models and
+  tier widths every method here shares, so that methods differ only in the algorithm.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from reft import models
 from reft.federation import Client, Federation
 from reft.strategies.base import Strategy, average_overlapping
+from reft.train import LossFn
 
 
 def leading_slice(state: Mapping[str, torch.Tensor], like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -36,20 +60,56 @@ def leading_slice(state: Mapping[str, torch.Tensor], like: Mapping[str, torch.Te
     return out
 
 
-class HeteroFL(Strategy):
-    """One global model; width-sliced sub-models per tier; per-entry averaging.
+@contextmanager
+def scaler(model: nn.Module, reference: nn.Module) -> Iterator[nn.Module]:
+    """HeteroFL's Scaler while the context is open: the output of every conv or linear layer of ``model``
+    that is narrower than the same layer of ``reference`` (the global model) is divided by its rate
+    (``width / global width``) in training mode; identity in eval mode and for full-width layers (the
+    classifier keeps all its outputs, so it is never scaled). Hooks only: weights, spec and bytes stay."""
+    ref = dict(reference.named_modules())
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d | nn.Linear) and name in ref:
+            width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            full = ref[name].out_channels if isinstance(m, nn.Conv2d) else ref[name].out_features
+            if width != full:
+                rate = width / full
+                handles.append(m.register_forward_hook(lambda mod, _i, out, r=rate: out / r if mod.training else None))
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
 
-    ``bn="public"`` recomputes the global model's BN statistics on the public set after each round
-    (static BN); ``bn="averaged"`` averages the clients' running statistics like the weights.
+
+def masked_cross_entropy(labels: torch.Tensor, num_classes: int) -> LossFn:
+    """HeteroFL's masked cross-entropy for a client holding ``labels``: the logits of classes absent
+    from its data are set to 0 (as the published code does, not -inf) before the cross-entropy, so
+    their classifier rows get no gradient from this client."""
+    absent = torch.ones(num_classes, dtype=torch.bool)
+    absent[labels.unique()] = False
+    return lambda logits, y: F.cross_entropy(logits.masked_fill(absent.to(logits.device), 0.0), y)
+
+
+class HeteroFL(Strategy):
+    """One global model; width-sliced sub-models per tier; per-entry averaging, each client once.
+
+    ``scaler`` (default on, as in every published run): a width-reduced layer's output is divided by
+    its rate during local training (:func:`scaler`). ``masked_ce`` (default on, as in every published
+    run, IID and non-IID): clients train with :func:`masked_cross_entropy` over the classes they hold;
+    with every class present (IID here) it is plain cross-entropy. ``bn="public"`` recomputes the
+    global model's BN statistics on the public set after each round (static BN); ``bn="averaged"``
+    averages the clients' running statistics like the weights.
     """
 
     name = "heterofl"
+    weighting = "uniform"  # the published combine() counts each client covering an entry once
     BN_MODES = ("public", "averaged")
 
-    def __init__(self, bn: str = "public") -> None:
+    def __init__(self, bn: str = "public", scaler: bool = True, masked_ce: bool = True) -> None:
         if bn not in self.BN_MODES:
             raise ValueError(f"Unknown HeteroFL bn mode {bn!r}. Valid modes: {', '.join(self.BN_MODES)}.")
-        self.bn = bn
+        self.bn, self.use_scaler, self.masked_ce = bn, scaler, masked_ce
 
     def setup(self, fed: Federation) -> None:
         self.server_model = fed.dense_model()
@@ -61,10 +121,25 @@ class HeteroFL(Strategy):
         sub.load_state_dict(leading_slice(self.server_model.state_dict(), sub.state_dict()))
         return sub
 
+    def local_options(self, fed: Federation, client: Client) -> dict[str, Any]:
+        return {"scaler_widths": list(self.server_model.widths) if self.use_scaler else None,
+                "masked_ce": self.masked_ce}  # fmt: skip
+
+    @contextmanager
+    def local_training(self, model: nn.Module, y: torch.Tensor, options: Mapping[str, Any]) -> Iterator[LossFn | None]:
+        loss = masked_cross_entropy(y, model.num_classes) if options.get("masked_ce") else None
+        if not options.get("scaler_widths"):
+            yield loss
+            return
+        with scaler(model, models.build(**{**model.spec, "widths": options["scaler_widths"]})):
+            yield loss
+
     def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
         ids = sorted(uploads)
         states = [uploads[i].state_dict() for i in ids]
-        self.server_model.load_state_dict(average_overlapping(self.server_model.state_dict(), states, fed.weights(ids)))
+        self.server_model.load_state_dict(
+            average_overlapping(self.server_model.state_dict(), states, self.weights(fed, ids))
+        )
         if self.bn == "public":
             update_bn(fed.public_x.split(fed.cfg.distill_batch_size), self.server_model)
             self.server_model.eval()

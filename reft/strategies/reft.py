@@ -40,7 +40,7 @@ class REFT(Strategy):
     def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
         c = fed.cfg
         ids = sorted(uploads)
-        teachers, w = [uploads[i] for i in ids], fed.weights(ids)
+        teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
         test = fed.splits.test
         ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
         res = distill.distill(
