@@ -5,6 +5,11 @@ header metadata, its JSON spec (``reft.models`` builder name, classes, input cha
 Decoding rebuilds the architecture from the spec and loads the tensors: no pickle anywhere, so a
 received payload can never execute code.
 
+Received bytes are untrusted: :func:`decode` checks the whole header against the model its spec
+describes (a registered builder, widths no larger than the dense model's, exactly the expected
+tensor names, shapes, dtypes and byte ranges) *before* anything is allocated, then rejects
+non-finite weights. Every failure is a :class:`PayloadError` saying what was wrong.
+
 Bandwidth figures are measured, not estimated: the Ledger records ``len()`` of the encoded bytes.
 """
 
@@ -13,8 +18,10 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
+import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -22,6 +29,24 @@ from torch import nn
 from reft import models
 
 _SPEC_KEY = "reft.spec"
+_SPEC_FIELDS = {"name": str, "num_classes": int, "in_channels": int, "widths": list}
+_NUM_CLASSES = (2, 100_000)
+_IN_CHANNELS = (1, 64)
+MAX_HEADER_BYTES = 1 << 20  # a dense ResNet-18's header is about 10 KB
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def _short(value: Any) -> str:
+    """A received value, shown in an error message without letting it flood the message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class PayloadError(ValueError):
+    """A received payload is not a valid reft model (malformed, inconsistent, too large or non-finite)."""
 
 
 def encode(model: nn.Module) -> bytes:
@@ -33,22 +58,133 @@ def encode(model: nn.Module) -> bytes:
     return st_save(tensors, metadata={_SPEC_KEY: json.dumps(spec, sort_keys=True)})
 
 
-def read_spec(payload: bytes) -> dict:
-    """Read the model spec from a payload's safetensors header without loading the tensors."""
-    if len(payload) < 8:
-        raise ValueError("Not a reft model payload: shorter than a safetensors header.")
-    (n,) = struct.unpack("<Q", payload[:8])
+def _json(text: bytes | str, what: str) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys (they would read differently in safetensors' own parser)."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise PayloadError(f"Not a reft model payload: duplicate keys in the {what}.")
+        return dict(pairs)
+
     try:
-        header = json.loads(payload[8 : 8 + n])
-        return json.loads(header["__metadata__"][_SPEC_KEY])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError("Not a reft model payload: no reft spec in the safetensors header.") from e
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text, object_pairs_hook=no_duplicates)
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, PayloadError):
+            raise
+        raise PayloadError(f"Not a reft model payload: the {what} is not valid JSON ({type(e).__name__}).") from e
 
 
-def decode(payload: bytes) -> models.ReftModel:
-    """Rebuild a model from :func:`encode` bytes (architecture from the spec, weights from tensors)."""
-    model = models.build(**read_spec(payload))
-    model.load_state_dict(st_load(payload), strict=True)
+def _as_bytes(payload: Any) -> bytes:
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise PayloadError(f"Not a reft model payload: {type(payload).__name__}, not bytes.")
+    return bytes(payload)
+
+
+def _header(payload: bytes) -> tuple[dict, int]:
+    """The safetensors header as a dict, and where the tensor data begin."""
+    if len(payload) < 8:
+        raise PayloadError("Not a reft model payload: shorter than a safetensors header.")
+    (n,) = struct.unpack("<Q", payload[:8])
+    if n > len(payload) - 8 or n > MAX_HEADER_BYTES:
+        raise PayloadError(f"Not a reft model payload: header length {n} exceeds the payload ({len(payload)} bytes).")
+    header = _json(payload[8 : 8 + n], "safetensors header")
+    if not isinstance(header, dict):
+        raise PayloadError("Not a reft model payload: the safetensors header is not a JSON object.")
+    return header, 8 + n
+
+
+def _spec(header: dict) -> dict:
+    """The reft spec in the header's metadata, checked field by field."""
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not isinstance(meta.get(_SPEC_KEY), str):
+        raise PayloadError("Not a reft model payload: no reft spec in the safetensors header.")
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise PayloadError("Bad header: safetensors metadata values must be strings.")
+    spec = _json(meta[_SPEC_KEY], "reft spec")
+    if not isinstance(spec, dict) or set(spec) != set(_SPEC_FIELDS):
+        got = _short(sorted(spec) if isinstance(spec, dict) else spec)
+        raise PayloadError(f"Bad spec: needs exactly the keys {sorted(_SPEC_FIELDS)}; got {got}.")
+    for key, typ in _SPEC_FIELDS.items():
+        if not isinstance(spec[key], typ) or isinstance(spec[key], bool):
+            raise PayloadError(f"Bad spec: {key} must be {typ.__name__}; got {_short(spec[key])}.")
+    name, widths = spec["name"], spec["widths"]
+    if name not in models.MODEL_NAMES:
+        raise PayloadError(f"Bad spec: unknown model {_short(name)}; valid: {', '.join(models.MODEL_NAMES)}.")
+    for key, (lo, hi) in (("num_classes", _NUM_CLASSES), ("in_channels", _IN_CHANNELS)):
+        if not lo <= spec[key] <= hi:
+            raise PayloadError(f"Bad spec: {key} must be in {lo}..{hi}; got {spec[key]}.")
+    dense = models.default_widths(name)
+    if len(widths) != len(dense):
+        raise PayloadError(f"Bad spec: {name} needs {len(dense)} widths; got {len(widths)}.")
+    for i, (w, d) in enumerate(zip(widths, dense, strict=True)):
+        if type(w) is not int or not 1 <= w <= d:
+            raise PayloadError(f"Bad spec: width {i} must be an int in 1..{d} (the dense model's); got {_short(w)}.")
+    return spec
+
+
+def _check_tensors(header: dict, spec: dict, data_len: int) -> None:
+    """The header's tensor entries are exactly the spec's model's: names, dtypes, shapes, byte ranges."""
+    with torch.device("meta"):  # shapes and dtypes only: nothing is allocated
+        expected = models.build(**spec).state_dict()
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if set(entries) != set(expected):
+        diff = sorted(set(entries) ^ set(expected))
+        raise PayloadError(
+            f"Bad header: {len(diff)} tensor names differ from the spec's model, e.g. {_short(diff[0])}."
+        )
+    ranges = []
+    for k, ref in expected.items():
+        e = entries[k]
+        if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
+            raise PayloadError(f"Bad header: entry {k} needs exactly dtype, shape and data_offsets.")
+        if e["dtype"] != _ST_DTYPES.get(ref.dtype):
+            raise PayloadError(f"Bad header: {k} has dtype {_short(e['dtype'])}; the spec's model has {ref.dtype}.")
+        if e["shape"] != list(ref.shape) or any(type(s) is not int for s in e["shape"]):
+            raise PayloadError(
+                f"Bad header: {k} has shape {_short(e['shape'])}; the spec's model has {list(ref.shape)}."
+            )
+        offsets = e["data_offsets"]
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise PayloadError(f"Bad header: {k} needs data_offsets [begin, end]; got {_short(offsets)}.")
+        if offsets[1] - offsets[0] != ref.numel() * ref.element_size():
+            raise PayloadError(f"Bad header: {k}'s data_offsets {_short(offsets)} do not match its size ({ref.dtype}).")
+        ranges.append(offsets)
+    end = 0
+    for begin, stop in sorted(ranges):
+        if begin != end:
+            raise PayloadError(f"Bad header: tensor data overlap or leave a gap at byte {end}.")
+        end = stop
+    if end != data_len:
+        raise PayloadError(f"Bad header: the tensors span {end} bytes; the payload holds {data_len}.")
+
+
+def read_spec(payload: bytes) -> dict:
+    """Read (and check) the model spec from a payload's safetensors header without loading the tensors."""
+    return _spec(_header(_as_bytes(payload))[0])
+
+
+def decode(payload: bytes, max_bytes: int | None = None) -> models.ReftModel:
+    """Rebuild a model from :func:`encode` bytes (architecture from the spec, weights from tensors).
+
+    The payload is untrusted: it is checked whole before any tensor or model is allocated (at most
+    ``max_bytes`` long when given; header, spec, tensor entries; see the module docstring) and its
+    weights must be finite. Raises :class:`PayloadError` on any problem.
+    """
+    payload = _as_bytes(payload)
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise PayloadError(f"Payload of {len(payload)} bytes exceeds the limit of {max_bytes}.")
+    header, start = _header(payload)
+    spec = _spec(header)
+    _check_tensors(header, spec, len(payload) - start)
+    try:
+        tensors = st_load(payload)
+    except Exception as e:  # noqa: BLE001 - whatever safetensors still finds wrong is a bad payload
+        raise PayloadError(f"Bad payload: safetensors refused it ({e}).") from e
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise PayloadError(f"Bad weights: non-finite values in {k}.")
+    model = models.build(**spec)
+    model.load_state_dict(tensors, strict=True)
     return model
 
 

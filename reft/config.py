@@ -8,13 +8,95 @@ when :func:`reft.engine.run` loads the data. Algorithms are validated against th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+import math
+import numbers
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from types import SimpleNamespace
+from typing import Any
 
-from reft import data, distill, models, strategies
+from reft import data, distill, models, pruning, strategies
 
 POLICIES = ("proportional", "deadline")
 WEIGHTINGS = ("uniform", "samples")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, Sequence) and all(isinstance(t, str) for t in v))
+
+
+# The first type of a field's annotation -> (test, what it must be). Every field's annotation is listed here.
+_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (_is_int, "an int"),
+    "float": (_is_number, "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "Sequence[int]": (lambda v: isinstance(v, Sequence) and not isinstance(v, str) and all(map(_is_int, v)),
+                      "a list of ints"),
+    "Mapping[str, float]": (lambda v: _is_names(v) or (isinstance(v, Mapping) and _is_names(list(v))
+                            and all(map(_is_number, v.values()))), "a {tier: weight} mapping or tier names"),
+}  # fmt: skip
+
+
+def _value_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
+    """Problems with the values of a config whose fields ``bad`` (mistyped) hold their defaults."""
+    errors = []
+    if c.algorithm not in strategies.ALGORITHMS:
+        errors.append(f"unknown algorithm {c.algorithm!r}; valid algorithms: {', '.join(strategies.ALGORITHMS)}")
+    if c.partition not in data.SCHEMES:
+        errors.append(f"unknown partition {c.partition!r}; valid schemes: {', '.join(data.SCHEMES)}")
+    if c.dataset not in data.DATASETS:
+        errors.append(f"unknown dataset {c.dataset!r}; valid datasets: {', '.join(data.DATASETS)}")
+    if c.importance not in pruning.IMPORTANCES:
+        errors.append(f"unknown importance {c.importance!r}; valid: {', '.join(pruning.IMPORTANCES)}")
+    if c.partition == "dirichlet" and "alpha" not in bad and not (c.alpha is not None and c.alpha > 0):
+        errors.append(f"partition 'dirichlet' needs alpha > 0 (e.g. 0.5); got {c.alpha}")
+    if c.model not in models.MODEL_NAMES:
+        errors.append(f"unknown model {c.model!r}; valid models: {', '.join(models.MODEL_NAMES)}")
+    if c.policy not in POLICIES:
+        errors.append(f"unknown policy {c.policy!r}; valid policies: {', '.join(POLICIES)}")
+    if c.ensemble not in distill.MODES:
+        errors.append(f"unknown ensemble {c.ensemble!r}; valid: {', '.join(distill.MODES)}")
+    if c.weighting is not None and c.weighting not in WEIGHTINGS:
+        errors.append(f"unknown weighting {c.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+    checks = [
+        (c.rounds >= 1, f"rounds must be >= 1; got {c.rounds}"),
+        (c.n_clients >= 1, f"n_clients must be >= 1; got {c.n_clients}"),
+        (c.local_epochs >= 1, f"local_epochs must be >= 1; got {c.local_epochs}"),
+        (c.lr > 0, f"lr must be > 0; got {c.lr}"),
+        (c.distill_lr > 0, f"distill_lr must be > 0; got {c.distill_lr}"),
+        (c.batch_size >= 1, f"batch_size must be >= 1; got {c.batch_size}"),
+        (c.distill_batch_size >= 1, f"distill_batch_size must be >= 1; got {c.distill_batch_size}"),
+        (c.temperature > 0, f"temperature must be > 0; got {c.temperature}"),
+        (c.distill_epochs >= 1, f"distill_epochs must be >= 1; got {c.distill_epochs}"),
+        (0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1); got {c.val_fraction}"),
+        (c.patience >= 0, f"patience must be >= 0; got {c.patience}"),
+        (c.refresh_every >= 0, f"refresh_every must be >= 0 (0 = never); got {c.refresh_every}"),
+        (0 <= c.dropout < 1, f"dropout must be in [0, 1); got {c.dropout}"),
+        (0 <= c.max_ratio < 1, f"max_ratio must be in [0, 1); got {c.max_ratio}"),
+        (c.deadline_s is None or c.deadline_s > 0, f"deadline_s must be > 0; got {c.deadline_s}"),
+        (c.seed >= 0, f"seed must be >= 0; got {c.seed}"),
+    ]
+    errors += [msg for ok, msg in checks if not ok]
+    for part in ("private_size", "public_size", "test_size"):
+        n = getattr(c, part)
+        if n is not None and n < 1:
+            hint = " (distillation needs an unlabelled public set)" if part == "public_size" else ""
+            errors.append(f"{part} must be >= 1 or None for the whole part{hint}; got {n}")
+    if c.widths is not None and "model" not in bad and c.model in models.MODEL_NAMES:
+        dense = models.default_widths(c.model)  # reft.comm accepts no model wider than this
+        if len(c.widths) != len(dense) or not all(1 <= w <= d for w, d in zip(c.widths, dense, strict=False)):
+            errors.append(f"widths must be {len(dense)} ints, each in 1..{c.model}'s dense width {dense}; "
+                          f"got {list(c.widths)}")  # fmt: skip
+    return errors
 
 
 @dataclass
@@ -65,43 +147,23 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def _type_errors(self) -> dict[str, str]:
+        """Field -> message, for every field whose value has the wrong type (checked before any value is)."""
+        errors = {}
+        for f in fields(self):
+            value, optional = getattr(self, f.name), f.type.endswith("| None")
+            ok, what = _TYPES[f.type.split(" | ")[0]]
+            if not (ok(value) or (optional and value is None)):
+                errors[f.name] = (f"{f.name} must be {what}{' or None' if optional else ''}; got {value!r} "
+                                  f"({type(value).__name__})")  # fmt: skip
+        return errors
+
     def validate(self) -> None:
-        errors = []
-        if self.algorithm not in strategies.ALGORITHMS:
-            errors.append(f"unknown algorithm {self.algorithm!r}; valid algorithms: {', '.join(strategies.ALGORITHMS)}")
-        if self.partition not in data.SCHEMES:
-            errors.append(f"unknown partition {self.partition!r}; valid schemes: {', '.join(data.SCHEMES)}")
-        if self.partition == "dirichlet" and not (self.alpha is not None and self.alpha > 0):
-            errors.append(f"partition 'dirichlet' needs alpha > 0 (e.g. 0.5); got {self.alpha}")
-        if self.model not in models.MODEL_NAMES:
-            errors.append(f"unknown model {self.model!r}; valid models: {', '.join(models.MODEL_NAMES)}")
-        if self.policy not in POLICIES:
-            errors.append(f"unknown policy {self.policy!r}; valid policies: {', '.join(POLICIES)}")
-        if self.ensemble not in distill.MODES:
-            errors.append(f"unknown ensemble {self.ensemble!r}; valid: {', '.join(distill.MODES)}")
-        if self.weighting is not None and self.weighting not in WEIGHTINGS:
-            errors.append(f"unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
-        checks = [
-            (self.rounds >= 1, f"rounds must be >= 1; got {self.rounds}"),
-            (self.n_clients >= 1, f"n_clients must be >= 1; got {self.n_clients}"),
-            (self.local_epochs >= 1, f"local_epochs must be >= 1; got {self.local_epochs}"),
-            (self.lr > 0 and self.distill_lr > 0, f"learning rates must be > 0; got {self.lr}, {self.distill_lr}"),
-            (self.batch_size >= 1 and self.distill_batch_size >= 1, "batch sizes must be >= 1"),
-            (self.temperature > 0, f"temperature must be > 0; got {self.temperature}"),
-            (self.distill_epochs >= 1, f"distill_epochs must be >= 1; got {self.distill_epochs}"),
-            (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1); got {self.val_fraction}"),
-            (self.patience >= 0, f"patience must be >= 0; got {self.patience}"),
-            (self.refresh_every >= 0, f"refresh_every must be >= 0 (0 = never); got {self.refresh_every}"),
-            (0 <= self.dropout < 1, f"dropout must be in [0, 1); got {self.dropout}"),
-            (0 <= self.max_ratio < 1, f"max_ratio must be in [0, 1); got {self.max_ratio}"),
-            (self.deadline_s is None or self.deadline_s > 0, f"deadline_s must be > 0; got {self.deadline_s}"),
-        ]
-        errors += [msg for ok, msg in checks if not ok]
-        for part in ("private_size", "public_size", "test_size"):
-            n = getattr(self, part)
-            if n is not None and n < 1:
-                hint = " (distillation needs an unlabelled public set)" if part == "public_size" else ""
-                errors.append(f"{part} must be >= 1 or None for the whole part{hint}; got {n}")
+        """Raise one ``ValueError`` listing every problem: wrong types first, then bad values."""
+        mistyped = self._type_errors()
+        # values are compared on the well-typed fields only: a mistyped field counts as its default there
+        values = {f.name: f.default if f.name in mistyped else getattr(self, f.name) for f in fields(self)}
+        errors = [*mistyped.values(), *_value_errors(SimpleNamespace(**values), mistyped)]
         if errors:
             raise ValueError("Invalid RunConfig: " + "; ".join(errors) + ".")
 

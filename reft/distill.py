@@ -126,7 +126,7 @@ def distill(
     ``teachers`` are models (run once here) or their already combined outputs (N x C, e.g. from
     :func:`teacher_outputs`). A seeded ``val_fraction`` of the public set is held out; after every
     epoch the KD loss on it is measured, and the student ends with the weights of its best epoch
-    (training stops after ``patience`` epochs without improvement). Adam, as in FedDF.
+    (training stops after ``patience`` epochs in a row without improvement). Adam, as in FedDF.
     ``schedule="cosine"`` anneals the learning rate to 0 over the step budget (``epochs`` x batches
     per epoch), stepped every batch; ``clip_grad`` clips the gradient norm (FedDF's code: cosine, 5).
     """
@@ -190,7 +190,7 @@ def distill(
             result.best_epoch = epoch + 1
         else:
             bad += 1
-            if bad > patience:
+            if bad >= max(1, patience):  # patience epochs in a row without improvement (0 acts as 1)
                 break
     if best_state is not None:
         student.load_state_dict(best_state)

@@ -9,6 +9,11 @@ One round, for every client that did not drop out:
 3. the client uploads its model (encoded, counted, decoded on the server);
 4. after all clients: ``strategy.aggregate(fed, round, uploads)`` does the server step.
 
+The server trusts no upload (:func:`receive`): one that fails :func:`reft.comm.decode`'s checks (malformed,
+larger than the dense model, non-finite weights) or comes from a client whose training diverged is left
+out of that round's aggregation and named in the history (``rejected``, ``rejected_reasons``); a round
+with no accepted upload leaves the server model as it is.
+
 Every payload is counted in the :class:`reft.comm.Ledger` with ``len()`` of its real bytes, in both
 directions. The algorithm is a strategy object from :mod:`reft.strategies` (looked up by
 ``RunConfig.algorithm`` in its registry); the population it runs on is a :class:`reft.federation.Federation`.
@@ -89,6 +94,7 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
     fed = Federation(cfg, splits)
     strategy = strategy or strategies.create(cfg.algorithm)
     ledger = comm.Ledger()
+    max_up = max_upload_bytes(fed)
     t0 = time.perf_counter()
     strategy.setup(fed)
     setup_s = time.perf_counter() - t0
@@ -101,6 +107,7 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
         work = setup_s if rnd == 1 else 0.0
         active = participants(cfg, rnd)
         uploads: dict[int, nn.Module] = {}
+        rejected: dict[int, str] = {}
         stats: list[dict] = []
         for cid in active:
             cl = fed.clients[cid]
@@ -114,16 +121,20 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
             if cl.model is None:
                 raise RuntimeError(f"{strategy.name}: client {cid} has no model; send() must give it one first.")
             t = time.perf_counter()
-            client_update(cfg, cl.model, cl.x, cl.y, rnd, cid, strategy, strategy.local_options(fed, cl))
+            fit = client_update(cfg, cl.model, cl.x, cl.y, rnd, cid, strategy, strategy.local_options(fed, cl))
             acc = train.evaluate(cl.model, splits.test.x, splits.test.y) if cfg.eval_clients else float("nan")
             work += time.perf_counter() - t
             payload = ledger.record(rnd, cid, "up", comm.encode(cl.model))
-            uploads[cid] = comm.decode(payload)
+            upload, why = receive(payload, max_up, diverged=fit.diverged)
+            if upload is None:
+                rejected[cid] = why
+            else:
+                uploads[cid] = upload
             flops = fed.train_flops_per_sample(cl.model) * cl.n_samples * cfg.local_epochs
             sim = tiers_mod.round_time(fed.tiers, cl.tier, flops, down, len(payload))
             stats.append({"tier": cl.tier, "acc": acc, "flops": flops, "down": down, "up": len(payload), "sim": sim})
         t = time.perf_counter()
-        extra = strategy.aggregate(fed, rnd, uploads)
+        extra = strategy.aggregate(fed, rnd, uploads) if uploads else {}  # none accepted: the server model stays
         server_acc = train.evaluate(strategy.server_model, splits.test.x, splits.test.y)
         work += time.perf_counter() - t
 
@@ -137,6 +148,7 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
             "client_acc_mean": float(st["acc"].mean()),
             **extra,
             "participants": len(active),
+            **rejection_columns(rejected),
             "bytes_up": up,
             "bytes_down": down,
             "cum_bytes_up": cum_up,
@@ -177,6 +189,33 @@ def client_update(
         return train.fit(
             model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, loss_fn=loss_fn
         )
+
+
+DIVERGED = "diverged (non-finite training loss)"
+
+
+def max_upload_bytes(fed: Federation) -> int:
+    """The largest upload the server accepts: the run's dense model encoded, plus 1 KiB for the header
+    (a pruned or sliced model's header is no longer than the dense one's)."""
+    with torch.random.fork_rng(devices=[]):  # dense_model() seeds the global generator; leave it as it was
+        return len(comm.encode(fed.dense_model())) + 1024
+
+
+def receive(payload: bytes, max_bytes: int | None, diverged: bool = False) -> tuple[nn.Module | None, str]:
+    """The server's side of an upload: the decoded model and ``""``, or ``None`` and why it is rejected
+    (a :class:`reft.comm.PayloadError`'s message, or :data:`DIVERGED` when the client's training diverged)."""
+    if diverged:
+        return None, DIVERGED
+    try:
+        return comm.decode(payload, max_bytes=max_bytes), ""
+    except comm.PayloadError as e:
+        return None, str(e)
+
+
+def rejection_columns(rejected: Mapping[int, str]) -> dict[str, Any]:
+    """The history's ``rejected`` (count) and ``rejected_reasons`` ("client 3: why; ...", "" when none)."""
+    reasons = "; ".join(f"client {cid}: {why}" for cid, why in sorted(rejected.items()))
+    return {"rejected": len(rejected), "rejected_reasons": reasons}
 
 
 def participants(cfg: RunConfig, rnd: int) -> list[int]:

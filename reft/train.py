@@ -7,6 +7,7 @@ Models run in ``channels_last`` memory format, which is measurably faster for co
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class FitResult:
-    """What one call of :func:`fit` did: mean loss per epoch, samples seen, wall seconds."""
+    """What one call of :func:`fit` did: mean loss per epoch, samples seen, wall seconds, and whether it
+    stopped early on a non-finite batch loss (``diverged``; the last loss is then that batch's)."""
 
     losses: list[float]
     samples: int
     seconds: float
+    diverged: bool = False
 
 
 def _fmt(x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +60,8 @@ def fit(
     accepts, e.g. soft targets for distillation. ``schedule`` is ``constant`` or ``cosine`` (learning
     rate annealed to 0 over all steps). ``on_epoch(epoch, mean_loss)`` is called after each epoch.
     Shuffling and any randomness in the model are seeded by ``seed``, so the same call on the same
-    machine gives the same weights.
+    machine gives the same weights. A NaN or infinite batch loss stops training before that step
+    (``FitResult.diverged``); the weights are left as they were, finite or not.
     """
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}.")
@@ -75,6 +79,7 @@ def fit(
     steps = (len(x) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * steps)) if schedule == "cosine" else None
     losses: list[float] = []
+    seen = 0
     t0 = time.perf_counter()
     with tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False) as bar:
         for _ in range(epochs):
@@ -84,19 +89,23 @@ def fit(
                 idx = order[i : i + batch_size]
                 xb, yb = _fmt(x[idx]).to(device), y[idx].to(device)
                 loss = loss_fn(model(xb), yb)
+                value = loss.item()
+                if not math.isfinite(value):
+                    return FitResult([*losses, value], seen, time.perf_counter() - t0, diverged=True)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if sched is not None:
                     sched.step()
-                total += loss.item() * len(idx)
+                total += value * len(idx)
                 n += len(idx)
+                seen += len(idx)
                 bar.update()
             losses.append(total / n)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if on_epoch is not None:
                 on_epoch(len(losses), losses[-1])
-    return FitResult(losses, epochs * len(x), time.perf_counter() - t0)
+    return FitResult(losses, seen, time.perf_counter() - t0)
 
 
 @torch.no_grad()

@@ -54,7 +54,6 @@ def main_results() -> str:
                 "partition": t["partition"],
                 "method": t["method"].map(METHODS),
                 "final acc (%)": (100 * t["final_acc"]).map(lambda v: fmt(v, ".1f")),
-                "best acc (%)": (100 * t["best_acc"]).map(lambda v: fmt(v, ".1f")),
                 "MB up": t["mb_up"].map(lambda v: fmt(v, ".2f")),
                 "MB down": t["mb_down"].map(lambda v: fmt(v, ".2f")),
                 f"sim. time to {100 * target:g}% (s)": t[target_col].map(lambda v: fmt(v, ".2f")),
@@ -109,7 +108,33 @@ def run_times() -> str:
     )
 
 
+def peer_fidelity() -> str:
+    """scripts/peer_fidelity.py: the peers before/after the fidelity changes, paired seeds, full test set."""
+    t = results("peer_fidelity")
+
+    def pm(mean: pd.Series, std: pd.Series) -> list[str]:
+        return [f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(mean, std, strict=True)]
+
+    return markdown(
+        pd.DataFrame(
+            {
+                "method": t["method"].map(METHODS),
+                "partition": t["partition"],
+                "seeds": t["seeds"],
+                "before: final acc (%), mean ± sd": pm(t["before_mean"], t["before_std"]),
+                "after": pm(t["after_mean"], t["after_std"]),
+                "after − before (points), 95% CI": [
+                    f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+                    for d, lo, hi in zip(t["diff_mean"], t["diff_ci95_low"], t["diff_ci95_high"], strict=True)
+                ],
+                "verdict": t["verdict"],
+            }
+        )
+    )
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "peer-fidelity": peer_fidelity,
     "main-results": main_results,
     "gflops-by-tier": gflops_by_tier,
     "tiers": tiers,

@@ -99,6 +99,25 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     assert final == pytest.approx(min(res.val_losses), rel=1e-5)
 
 
+def test_early_stopping_waits_exactly_patience_epochs() -> None:
+    torch.manual_seed(0)
+    teacher = models.build("cnn", widths=[4, 4, 8, 8])
+    pub = torch.randn(200, 1, 28, 28)
+    stopped = 0
+    for patience, seed in [(1, 0), (2, 0), (2, 1), (3, 2)]:
+        student = models.build("cnn", widths=[4, 4, 8, 8])
+        res = distill.distill(
+            student, [teacher], pub, epochs=25, lr=1.0, patience=patience, val_fraction=0.3, seed=seed
+        )
+        losses = res.val_losses
+        streaks = [i - max(j for j in range(i + 1) if losses[j] == min(losses[: i + 1])) for i in range(len(losses))]
+        assert max(streaks) <= patience  # never more than `patience` epochs in a row without improvement
+        if res.epochs_run < 25:
+            stopped += 1
+            assert streaks[-1] == patience == res.epochs_run - res.best_epoch  # stopped exactly then
+    assert stopped >= 2  # a huge learning rate: the validation loss does stop improving
+
+
 def test_study_runs_each_distinct_setting_once_from_the_same_start(small) -> None:
     torch.manual_seed(0)
     teacher = models.build("cnn", widths=[4, 4, 8, 8])

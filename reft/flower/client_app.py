@@ -103,14 +103,17 @@ def fit(msg: Message, context: Context, defaults: Mapping | None = None) -> Mess
     model = comm.decode(payload)
     t = time.perf_counter()
     local = json.loads(str(msg.content["round"].get("local", "{}")))
-    engine.client_update(cfg, model, client.x, client.y, rnd, pid, strategies.create(cfg.algorithm), local)
+    fit_res = engine.client_update(cfg, model, client.x, client.y, rnd, pid, strategies.create(cfg.algorithm), local)
     train_s = time.perf_counter() - t
     test = _federation(fconfig.signature(cfg), cfg).splits.test
     acc = train.evaluate(model, test.x, test.y) if cfg.eval_clients else float("nan")
     up = comm.encode(model)
     context.state["model"] = wire.pack(up)  # REFT keeps training this model; nothing is resent
     _log(opts.out_dir, pid, {"round": rnd, "event": "sent", "bytes": len(up)})
-    metrics = MetricRecord({"samples": client.n_samples, "acc": acc, "train_s": train_s, "down": down, "up": len(up)})
+    metrics = MetricRecord(
+        {"samples": client.n_samples, "acc": acc, "train_s": train_s, "down": down, "up": len(up),
+         "diverged": int(fit_res.diverged)}
+    )  # fmt: skip
     info = ConfigRecord({"tier": tier, "partition-id": pid})
     return Message(RecordDict({"model": wire.pack(up), "metrics": metrics, "info": info}), reply_to=msg)
 

@@ -9,7 +9,10 @@ that is the server-side ensemble distillation on the public set. No part of the 
 re-implemented here.
 
 A client that fails (its SuperNode dies, its ClientApp raises, its reply misses the deadline) is
-reported in ``failures`` and the round goes on with the uploads that arrived.
+reported in ``failures`` and the round goes on with the uploads that arrived. An upload that arrives
+but is rejected (:func:`reft.engine.receive`: malformed, too large, non-finite, or the client reports
+that its training diverged) is counted in the Ledger, left out of the aggregation and named in the
+history's ``rejected`` and ``rejected_reasons``, as in the in-process engine.
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
         _write(opts.out_dir, "nodes.csv", nodes)
         strategy = strategies.create(cfg.algorithm)
         ledger = comm.Ledger()
+        max_up = engine.max_upload_bytes(fed)
         strategy.setup(fed)
         rows, fails = [], []
         cum_up = cum_down = 0
@@ -167,12 +171,17 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
             exchange_s = time.perf_counter() - t_x
             by_node = {c.node_id: c for c in fed.clients}
             uploads: dict[int, nn.Module] = {}
+            rejected: dict[int, str] = {}
             stats = []
             for node, reply in sorted(replies.items(), key=lambda kv: by_node[kv[0]].id):
                 cid = by_node[node].id
                 payload = ledger.record(rnd, cid, "up", wire.unpack(reply.content["model"]))
-                uploads[cid] = comm.decode(payload)
                 m = reply.content["metrics"]
+                upload, why = engine.receive(payload, max_up, diverged=bool(m.get("diverged", 0)))
+                if upload is None:
+                    rejected[cid] = why
+                else:
+                    uploads[cid] = upload
                 stats.append({"acc": float(m["acc"]), "train_s": float(m["train_s"]), "up": len(payload)})
             for node, why in failed.items():
                 fails.append({"round": rnd, "client": by_node[node].id, "node_id": node, "reason": why})
@@ -194,6 +203,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
                     "participants": len(active),
                     "arrived": len(uploads),
                     "failed": len(failed),
+                    **engine.rejection_columns(rejected),
                     "bytes_up": up,
                     "bytes_down": down,
                     "cum_bytes_up": cum_up,
