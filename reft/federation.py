@@ -40,6 +40,11 @@ class Client:
     def n_samples(self) -> int:
         return len(self.x)
 
+    @property
+    def labels(self) -> list[int]:
+        """The classes present in this client's data."""
+        return sorted(int(c) for c in self.y.unique())
+
 
 class Federation:
     """What a strategy may look at: config, data, clients, tiers, pruning ratios, and model helpers."""

@@ -38,6 +38,18 @@ def test_per_entry_averaging_by_hand() -> None:
     assert torch.equal(only_b[2], torch.full((2,), 9.0)) and torch.equal(only_b[:, 1], torch.full((3,), 9.0))
 
 
+def test_classifier_rows_average_over_the_clients_holding_the_class() -> None:
+    het = strategies.HeteroFL()
+    het.server_model = models.build("cnn", widths=[4, 8, 16, 16])
+    g = {"classifier.weight": torch.zeros(10, 2), "classifier.bias": torch.full((10,), 7.0)}
+    a = {"classifier.weight": torch.ones(10, 2), "classifier.bias": torch.ones(10)}  # holds classes 0, 1
+    b = {"classifier.weight": torch.full((10, 2), 5.0), "classifier.bias": torch.full((10,), 5.0)}  # holds 1, 2
+    masks = [het.row_masks([0, 1]), het.row_masks([1, 2])]
+    out = strategies.average_overlapping(g, [a, b], [1.0, 1.0], masks)
+    assert out["classifier.weight"][:, 0].tolist() == [1.0, 3.0, 5.0] + [0.0] * 7  # rows nobody holds keep g
+    assert out["classifier.bias"].tolist() == [1.0, 3.0, 5.0] + [7.0] * 7
+
+
 def test_leading_slice_builds_a_working_sub_model() -> None:
     big = models.build("resnet18", 10, 3, widths=[8, 16, 16, 16] + [8] * 8)
     small = models.build("resnet18", 10, 3, widths=[4, 8, 8, 8] + [4] * 8)
@@ -60,7 +72,8 @@ def test_heterofl_at_full_width_is_fedavg(splits: data.Splits) -> None:
     # at full width; masking off (masked cross-entropy is HeteroFL's, not FedAvg's)
     cfg = RunConfig(algorithm="fedavg", max_ratio=0.0, weighting="samples", **TINY)
     fedavg = engine.run(cfg, splits)
-    _same_history(fedavg, engine.run(cfg, splits, strategy=strategies.HeteroFL(bn="averaged", masked_ce=False)))
+    plain = strategies.HeteroFL(bn="averaged", masked_ce=False, label_rows=False)
+    _same_history(fedavg, engine.run(cfg, splits, strategy=plain))
     # static BN (the default) changes only the BN running statistics, never what is learned
     static = engine.run(cfg, splits, strategy=strategies.HeteroFL(masked_ce=False)).strategy.server_model
     ref = fedavg.strategy.server_model

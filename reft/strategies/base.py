@@ -62,22 +62,27 @@ def average_overlapping(
     global_state: Mapping[str, torch.Tensor],
     states: Sequence[Mapping[str, torch.Tensor]],
     weights: Sequence[float],
+    masks: Sequence[Mapping[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Weighted mean, entry by entry, over the uploads whose leading slice covers the entry (HeteroFL);
     entries no upload holds keep their value in ``global_state``. When every upload has the global
-    shapes this is plain weighted averaging (FedAvg): one mechanism serves both. Computed in float64,
+    shapes this is plain weighted averaging (FedAvg): one mechanism serves both. ``masks`` (one per
+    upload, optional): for some keys, a 0/1 tensor broadcastable to the upload's tensor saying which of
+    its entries count (HeteroFL's classifier rows of the classes a client holds). Computed in float64,
     cast back; integer buffers (BN's ``num_batches_tracked``) are rounded."""
-    if len(states) != len(weights) or not states:
-        raise ValueError("Need one weight per upload, and at least one upload.")
+    if len(states) != len(weights) or not states or (masks is not None and len(masks) != len(states)):
+        raise ValueError("Need one weight (and one mask, if any) per upload, and at least one upload.")
     w = [float(x) for x in weights]
     out = {}
     for k, g in global_state.items():
         num = torch.zeros(g.shape, dtype=torch.float64)
         den = torch.zeros(g.shape, dtype=torch.float64)
-        for wi, s in zip(w, states, strict=True):
+        for i, (wi, s) in enumerate(zip(w, states, strict=True)):
             region = tuple(slice(0, n) for n in s[k].shape)
-            num[region] += wi * s[k].double()
-            den[region] += wi
+            m = masks[i].get(k) if masks is not None else None
+            cover = torch.ones(s[k].shape, dtype=torch.float64) if m is None else m.double().expand(s[k].shape)
+            num[region] += wi * cover * s[k].double()
+            den[region] += wi * cover
         mean = torch.where(den > 0, num / den.clamp_min(1e-300), g.double())
         out[k] = mean.round().to(g.dtype) if not g.is_floating_point() else mean.to(g.dtype)
     return out

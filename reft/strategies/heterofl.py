@@ -7,7 +7,8 @@ Checked against the published code (dem123456789/HeteroFL-..., ``src/fed.py``, `
 ``src/modules/modules.py``, ``src/train_classifier_fed.py``) and Flower's HeteroFL baseline.
 
 Same as published: leading channel slices; per-entry averaging where entries no client holds keep their
-value; each client counted once (``weighting = "uniform"``, as ``combine()`` counts clients); the
+value; each client counted once (``weighting = "uniform"``, as ``combine()`` counts clients);
+classifier rows averaged over the clients holding the class (see below); the
 **Scaler** (:func:`scaler`: a width-reduced layer's output divided by ``width / global width`` in
 training mode, identity in eval mode; in the published models every Scaler precedes a norm layer,
 where batch statistics cancel it almost exactly; in our CNN it also acts on the hidden linear layer,
@@ -24,9 +25,9 @@ Still different, and why:
   channel's statistics in a narrow sub-model describe a layer whose input lacks the trailing
   channels): ``scripts/heterofl_bn_check.py``. Training never reads running statistics, so both
   variants learn identical weights.
-* **classifier rows**: published ``combine()`` averages each class's classifier row only over clients
-  whose data hold that class; that needs every client's label set on the server, which our clients do
-  not report. Not done here.
+* **classifier rows** (``label_rows``, default on as published): a class's classifier row is averaged
+  only over the clients whose data hold that class; the server learns every client's label set (on
+  Flower the SuperNode reports it with its tier and size): a privacy cost the published method pays too.
 * **recipe and models**: published: SGD 0.1 (CIFAR), batch 10, gradient clipping at 1, step decay per
   round, pre-activation ResNet / a 4-conv CNN, rates 1, 1/2, 1/4, ...; ours: the recipe, models and
   tier widths every method here shares, so that methods differ only in the algorithm.
@@ -106,10 +107,12 @@ class HeteroFL(Strategy):
     weighting = "uniform"  # the published combine() counts each client covering an entry once
     BN_MODES = ("public", "averaged")
 
-    def __init__(self, bn: str = "public", scaler: bool = True, masked_ce: bool = True) -> None:
+    def __init__(
+        self, bn: str = "public", scaler: bool = True, masked_ce: bool = True, label_rows: bool = True
+    ) -> None:
         if bn not in self.BN_MODES:
             raise ValueError(f"Unknown HeteroFL bn mode {bn!r}. Valid modes: {', '.join(self.BN_MODES)}.")
-        self.bn, self.use_scaler, self.masked_ce = bn, scaler, masked_ce
+        self.bn, self.use_scaler, self.masked_ce, self.label_rows = bn, scaler, masked_ce, label_rows
 
     def setup(self, fed: Federation) -> None:
         self.server_model = fed.dense_model()
@@ -133,6 +136,12 @@ class HeteroFL(Strategy):
             return
         with scaler(model, models.build(**{**model.spec, "widths": options["scaler_widths"]})):
             yield loss
+
+    def row_masks(self, labels: list[int]) -> dict[str, torch.Tensor]:
+        """The classifier rows a client with these classes contributes to (published ``combine()``)."""
+        rows = torch.zeros(self.server_model.num_classes)
+        rows[labels] = 1.0
+        return {"classifier.weight": rows[:, None], "classifier.bias": rows}
 
     def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
         ids = sorted(uploads)
