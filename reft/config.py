@@ -118,7 +118,7 @@ class RunConfig:
     tiers_path: str | None = None
     tier_mix: Mapping[str, float] | Sequence[str] | None = None  # None: all tiers of the table, equally
     policy: str = "proportional"
-    max_ratio: float = 0.9
+    max_ratio: float = 0.95  # the proportional policy then gives each of the six default tiers its own width
     deadline_s: float | None = None  # "deadline" policy without one: the tightest every tier can meet
     importance: str = "l2"
     # rounds and local training

@@ -86,8 +86,8 @@ class Federation:
         """The configured policy's choice for every tier present (on the dense model)."""
         c = self.cfg
         samples = int(np.mean([cl.n_samples for cl in self.clients]))
-        chosen = tiers_mod.choose_ratios(
-            c.policy, self.tiers, self.dense_model(), self.example_input,
+        chosen = tiers_mod.choose_ratios(  # on the tiers present: the strongest present trains the dense model
+            c.policy, self.tiers.loc[self.tier_names], self.dense_model(), self.example_input,
             samples=samples, epochs=c.local_epochs, max_ratio=c.max_ratio, deadline_s=c.deadline_s,
             importance=c.importance,
         )  # fmt: skip

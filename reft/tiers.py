@@ -10,8 +10,10 @@ place itself among the tiers.
 Two policies map a tier to a ratio (:func:`choose_ratios`):
 
 * ``proportional``: a client keeps a share of the dense model's FLOPs equal to its sustained compute
-  relative to the strongest tier. Uniform channel pruning at ratio ``r`` keeps about ``(1 - r)^2``
-  of the FLOPs, so ``r = 1 - sqrt(c / c_max)``, clamped to ``max_ratio``.
+  relative to the strongest tier of the table it is given (the engine passes the tiers present in the
+  run, so the strongest device present trains the server's width). Uniform channel pruning at ratio
+  ``r`` keeps about ``(1 - r)^2`` of the FLOPs, so ``r = 1 - sqrt(c / c_max)``, rounded to 0.01 and
+  clamped to ``max_ratio``.
 * ``deadline``: the largest model (smallest ratio) whose simulated local round fits a deadline and
   the tier's memory. Round time = train FLOPs (3 x forward x samples x epochs) / sustained FLOP/s
   + payload bytes x 8 / link bit rate, down and up. The search runs over a grid of ratios with the
@@ -229,7 +231,7 @@ def choose_ratios(
     within ``deadline_s`` and whose training memory fits ``memory_fraction`` of the tier's memory;
     when none fits, ``max_ratio`` with ``fits_deadline=False``. ``deadline_s=None`` picks the
     tightest deadline every tier can meet: the longest round time of any tier at ``max_ratio``.
-    ``proportional``: ``1 - sqrt(c / c_max)`` rounded to the grid, clamped to ``max_ratio``;
+    ``proportional``: ``1 - sqrt(c / c_max)`` rounded to 0.01, clamped to ``max_ratio``;
     its round time is reported against ``deadline_s`` when one is given.
     """
     if policy not in POLICIES:
@@ -261,12 +263,11 @@ def choose_ratios(
         )  # fmt: skip
 
     out: dict[str, PolicyResult] = {}
-    if policy == "proportional":
+    if policy == "proportional":  # a fine grid: tiers a few percent apart in compute still differ in width
         top = float(tiers["sustained_flops"].max())
         for tier in tiers.index:
             r = 1 - math.sqrt(float(tiers.loc[tier, "sustained_flops"]) / top)
-            r = min(max_ratio, round(r / step) * step)
-            out[tier] = result(tier, min(grid, key=lambda g: abs(g - r)), deadline_s)
+            out[tier] = result(tier, round(min(max_ratio, round(r, 2)), 6), deadline_s)
         return out
 
     if deadline_s is None:  # the slowest tier's round at max_ratio (links count too, not only compute)

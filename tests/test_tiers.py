@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from reft import costs, models, tiers
+from reft.config import RunConfig
 
 X = torch.zeros(1, 1, 28, 28)
 
@@ -118,6 +119,18 @@ def test_proportional_policy(table, cnn):
     assert r.train_flops == pytest.approx(3 * r.forward_flops * 1000)
     assert r.fits_deadline is None
     assert set(tiers.policy_frame(res).index) == set(table.index)
+
+
+def test_proportional_policy_varies_with_every_compute_class_and_follows_the_strongest_present(table, cnn):
+    res = tiers.choose_ratios("proportional", table, cnn, X, samples=100, epochs=1, max_ratio=RunConfig().max_ratio)
+    widths = {tuple(r.widths) for r in res.values()}
+    assert len(widths) >= table["sustained_flops"].nunique() == len(table)  # default max_ratio: one width per tier
+    for tier, r in res.items():  # FLOPs kept ~ compute share (up to the 0.01 grid and channel rounding)
+        share = table.loc[tier, "sustained_flops"] / table["sustained_flops"].max()
+        assert r.ratio == pytest.approx(min(RunConfig().max_ratio, round(1 - share**0.5, 2)))
+    weak = table.loc[["laptop", "phone", "raspberry_pi_4"]]  # no datacenter GPU in this run
+    res = tiers.choose_ratios("proportional", weak, cnn, X, samples=100, epochs=1, max_ratio=0.95)
+    assert res["laptop"].ratio == 0.0 and res["phone"].ratio > 0  # the strongest present trains the dense model
 
 
 def test_deadline_policy_picks_largest_model_that_fits(table, cnn):
