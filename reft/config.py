@@ -120,6 +120,7 @@ class RunConfig:
     policy: str = "proportional"
     max_ratio: float = 0.95  # the proportional policy then gives each of the six default tiers its own width
     deadline_s: float | None = None  # "deadline" policy without one: the tightest every tier can meet
+    server_tier: str | None = None  # the server's hardware, for simulated server time (None: the strongest tier)
     importance: str = "l2"
     # rounds and local training
     rounds: int = 5

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from functools import cache
+from importlib import resources
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 
 from reft import measure, models, pruning
 
-__all__ = ["at_ratios", "training_memory_gb"]
+__all__ = ["at_ratios", "speed_factor", "training_memory_gb"]
 
 
 def training_memory_gb(params: int, activations: int, batch_size: int) -> float:
@@ -41,6 +43,7 @@ def at_ratios(
     warmup: int = 1,
     threads: int | None = 1,
     progress: bool = True,
+    training: bool = False,
 ) -> pd.DataFrame:
     """Measured cost of ``model`` pruned at each of ``ratios``, one row per ratio.
 
@@ -55,7 +58,8 @@ def at_ratios(
     (on a shared machine the least disturbed measurement is the best estimate of the model's own
     speed); ``threads`` pins torch's intra-op threads while timing (1: a constrained client; ``None``
     leaves it); ``speedup`` (least pruned latency / latency) and ``speedup_vs_ideal``
-    (``speedup / flops_reduction``).
+    (``speedup / flops_reduction``). ``training=True`` times one SGD training step on that batch instead
+    (:func:`reft.measure.train_step_latency`; column ``train_step_ms_b<latency_batch>``).
     """
     spec = json.dumps(getattr(model, "spec", None), sort_keys=True)
     if spec == "null":
@@ -78,9 +82,9 @@ def at_ratios(
     df["flops_reduction"] = ref["forward_flops"] / df["forward_flops"]
     if latency_batch is None:
         return df
-    lat = f"latency_ms_b{latency_batch}"
+    lat = f"{'train_step' if training else 'latency'}_ms_b{latency_batch}"
     df[lat] = _latencies(model, example_input, ratios, importance, latency_batch, repeats, rounds, warmup, threads,
-                         progress)  # fmt: skip
+                         progress, training)  # fmt: skip
     df["speedup"] = df.loc[ref.name, lat] / df[lat]
     df["speedup_vs_ideal"] = df["speedup"] / df["flops_reduction"]
     return df
@@ -98,7 +102,7 @@ def _cost(spec_json: str, ratio: float, shape: tuple, importance: str) -> tuple:
 
 def _latencies(
     model: nn.Module, example_input: torch.Tensor, ratios: Sequence[float], importance: str, batch_size: int,
-    repeats: int, rounds: int, warmup: int, threads: int | None, progress: bool,
+    repeats: int, rounds: int, warmup: int, threads: int | None, progress: bool, training: bool = False,
 ) -> list[float]:  # fmt: skip
     x1 = example_input[:1]
     batch = x1.expand(batch_size, *x1.shape[1:]).contiguous()
@@ -111,8 +115,34 @@ def _latencies(
         with tqdm(total=rounds * len(pruned), desc="latency", disable=not progress, leave=False) as bar:
             for _ in range(rounds):
                 for i, m in enumerate(pruned):
-                    times[i].append(measure.latency(m, batch, repeats=repeats, warmup=warmup))
+                    timer = measure.train_step_latency if training else measure.latency
+                    times[i].append(timer(m, batch, repeats=repeats, warmup=warmup))
                     bar.update()
     finally:
         torch.set_num_threads(prev)
     return [1e3 * min(t) for t in times]
+
+
+SPEEDUPS = "speedups.csv"  # package data: measured training speed of pruned models (scripts/measure_speedups.py)
+
+
+@cache
+def _speedup_table() -> pd.DataFrame:
+    with resources.files("reft").joinpath(SPEEDUPS).open() as f:
+        return pd.read_csv(f)
+
+
+def speed_factor(model: str, flops_fraction: float) -> float:
+    """How fast a pruned ``model`` really trains relative to what its FLOPs promise: measured speed-up /
+    FLOPs reduction (1: as fast as its FLOPs say; 0.3: it takes 3.3x longer than FLOPs / rate), at the
+    given fraction of the dense model's FLOPs, interpolated linearly in log(FLOPs fraction) between the
+    ratios measured in ``reft/speedups.csv`` (flat beyond the ends; 1 at the dense model). A model with
+    no measurement gets 1: timed by FLOPs alone."""
+    if not 0 < flops_fraction <= 1 + 1e-9:
+        raise ValueError(f"flops_fraction must be in (0, 1]; got {flops_fraction}.")
+    table = _speedup_table()
+    rows = table[table["model"] == model].sort_values("flops_fraction")
+    if rows.empty or flops_fraction >= 1:
+        return 1.0
+    logs = np.log(rows["flops_fraction"].to_numpy())
+    return float(np.interp(np.log(flops_fraction), logs, rows["speedup_vs_ideal"].to_numpy()))

@@ -94,12 +94,14 @@ def teacher_outputs(
 
 @dataclass
 class DistillResult:
-    """What :func:`distill` did: validation KD loss per epoch, the epoch kept, wall seconds."""
+    """What :func:`distill` did: validation KD loss per epoch, the epoch kept, samples trained on and
+    evaluated (for the server's FLOPs), wall seconds."""
 
     val_losses: list[float] = field(default_factory=list)
     best_epoch: int = 0
     epochs_run: int = 0
     samples: int = 0
+    val_samples: int = 0
     seconds: float = 0.0
 
 
@@ -184,6 +186,7 @@ def distill(
             result.best_epoch = epoch + 1
             continue
         val = kd_loss(predict(student, x_val), t_val, temperature).item()
+        result.val_samples += n_val
         result.val_losses.append(val)
         if val < best_loss:
             best_loss, best_state, bad = val, copy.deepcopy(student.state_dict()), 0

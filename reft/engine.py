@@ -131,7 +131,7 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
             else:
                 uploads[cid] = upload
             flops = fed.train_flops_per_sample(cl.model) * cl.n_samples * cfg.local_epochs
-            sim = tiers_mod.round_time(fed.tiers, cl.tier, flops, down, len(payload))
+            sim = tiers_mod.round_time(fed.tiers, cl.tier, flops, down, len(payload), fed.speed_factor(cl.model))
             stats.append({"tier": cl.tier, "acc": acc, "flops": flops, "down": down, "up": len(payload), "sim": sim})
         t = time.perf_counter()
         extra = strategy.aggregate(fed, rnd, uploads) if uploads else {}  # none accepted: the server model stays
@@ -140,7 +140,10 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
 
         st = pd.DataFrame(stats)
         up, down = int(st["up"].sum()), int(st["down"].sum())
-        cum_up, cum_down, cum_sim = cum_up + up, cum_down + down, cum_sim + float(st["sim"].max())
+        server_flops = float(extra.pop("server_flops", 0.0))  # dense-equivalent FLOPs of the server step
+        sim_server = tiers_mod.compute_time(fed.tiers, fed.server_tier, server_flops)
+        sim_round = float(st["sim"].max()) + sim_server  # the next round starts when the server is done
+        cum_up, cum_down, cum_sim = cum_up + up, cum_down + down, cum_sim + sim_round
         row = {
             "algorithm": strategy.name,
             "round": rnd,
@@ -154,7 +157,10 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
             "cum_bytes_up": cum_up,
             "cum_bytes_down": cum_down,
             "cum_bytes": cum_up + cum_down,
-            "sim_round_s": float(st["sim"].max()),
+            "sim_clients_s": float(st["sim"].max()),
+            "server_gflops": server_flops / 1e9,
+            "sim_server_s": sim_server,
+            "sim_round_s": sim_round,
             "cum_sim_s": cum_sim,
         }
         by_tier = st.groupby("tier")
@@ -171,7 +177,12 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
     bar.close()
     history = pd.DataFrame(rows)
     return RunResult(
-        cfg, history, ledger, client_table(fed), {c.id: c.model for c in fed.clients if c.model is not None}, strategy
+        cfg,
+        history,
+        ledger,
+        client_table(fed, ledger),
+        {c.id: c.model for c in fed.clients if c.model is not None},
+        strategy,
     )
 
 
@@ -226,17 +237,25 @@ def participants(cfg: RunConfig, rnd: int) -> list[int]:
     return [i for i in range(cfg.n_clients) if i not in dropped]
 
 
-def client_table(fed: Federation) -> pd.DataFrame:
+def client_table(fed: Federation, ledger: comm.Ledger | None = None) -> pd.DataFrame:
     """One row per client: tier, samples, its final model's size and cost, and whether its tier can afford
     it (training memory within the usable share of the tier's memory, as :mod:`reft.tiers` counts it;
-    predicted round time within ``deadline_s`` when one is set)."""
+    predicted round time within ``deadline_s`` when one is set). The round time uses the model's
+    measured speed and the bytes the client really moved per round it took part in (from ``ledger``:
+    a REFT client downloads once, a FedAvg client every round); without a ledger, a model each way."""
     cfg, rows = fed.cfg, []
+    moved = ledger.frame().groupby(["client", "direction"])["bytes"] if ledger is not None else None
     for c in fed.clients:
         row = {"client": c.id, "tier": c.tier, "samples": c.n_samples}
         if c.model is not None:
             cost = costs.at_ratios(c.model, fed.example_input, [0.0], batch_size=cfg.batch_size).iloc[0]
             flops = fed.train_flops_per_sample(c.model) * c.n_samples * cfg.local_epochs
-            rt = tiers_mod.round_time(fed.tiers, c.tier, flops, int(cost["bytes"]), int(cost["bytes"]))
+            down = up = float(cost["bytes"])
+            if moved is not None and (c.id, "up") in moved.groups:
+                rounds = len(moved.get_group((c.id, "up")))
+                got = moved.get_group((c.id, "down")).sum() if (c.id, "down") in moved.groups else 0
+                down, up = got / rounds, moved.get_group((c.id, "up")).sum() / rounds
+            rt = tiers_mod.round_time(fed.tiers, c.tier, flops, int(down), int(up), fed.speed_factor(c.model))
             limit = float(fed.tiers.loc[c.tier, "memory_gb"]) * tiers_mod.MEMORY_FRACTION
             row.update(
                 widths=list(c.model.widths),
@@ -245,6 +264,8 @@ def client_table(fed: Federation) -> pd.DataFrame:
                 train_gflops_per_round=flops / 1e9,
                 train_memory_gb=float(cost["memory_gb"]),
                 fits_memory=bool(cost["memory_gb"] <= limit),
+                speed_factor=fed.speed_factor(c.model),
+                bytes_down_per_round=down,
                 round_time_s=rt,
                 meets_deadline=cfg.deadline_s is None or rt <= cfg.deadline_s,
             )

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reft import data, measure, models, pruning
+from reft import costs, data, measure, models, pruning
 from reft import tiers as tiers_mod
 
 if TYPE_CHECKING:  # annotation only: the config module imports the strategies, which import this one
@@ -103,6 +103,14 @@ class Federation:
         """Widths of every tier's pruned model, as the policy measured them (no pruning needed)."""
         return {t: list(r.widths) for t, r in self.policy.items()}
 
+    @cached_property
+    def server_tier(self) -> str:
+        """The tier the server runs on: ``cfg.server_tier``, else the strongest tier of the table."""
+        tier = self.cfg.server_tier or str(self.tiers["sustained_flops"].idxmax())
+        if tier not in self.tiers.index:
+            raise ValueError(f"Unknown server_tier {tier!r}. Valid tiers: {', '.join(self.tiers.index)}.")
+        return tier
+
     @property
     def tier_names(self) -> list[str]:
         """Tiers that have clients in this run, strongest first."""
@@ -116,6 +124,22 @@ class Federation:
         if weighting == "uniform":
             return [1.0] * len(client_ids)
         return [float(self.clients[i].n_samples) for i in client_ids]
+
+    def speed_factor(self, model: nn.Module) -> float:
+        """Measured training speed of ``model`` relative to its FLOPs (:func:`reft.costs.speed_factor`)."""
+        return costs.speed_factor(self.cfg.model, min(1.0, self.train_flops_per_sample(model) / self._dense_flops))
+
+    @cached_property
+    def _dense_flops(self) -> int:
+        s = self.splits
+        return self.train_flops_per_sample(models.build(self.cfg.model, s.num_classes, s.in_channels, self.cfg.widths))
+
+    def work_flops(self, model: nn.Module, samples: int, training: bool = False) -> float:
+        """Dense-equivalent FLOPs of passing ``samples`` samples through ``model`` (forward, or training at
+        3x forward): FLOPs divided by the model's measured speed factor, so that FLOPs / a tier's rate
+        is the simulated time."""
+        per_sample = self.train_flops_per_sample(model) / (1 if training else measure.TRAIN_FLOPS_FACTOR)
+        return per_sample * samples / self.speed_factor(model)
 
     def train_flops_per_sample(self, model: nn.Module) -> int:
         """Training FLOPs for one sample (3x forward), cached per architecture."""

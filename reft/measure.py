@@ -92,6 +92,28 @@ def latency(
     return statistics.median(times)
 
 
+def train_step_latency(model: nn.Module, example_inputs: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time in seconds of one SGD training step (forward, cross-entropy, backward, update) on
+    the batch ``example_inputs`` on the CPU, on a copy of ``model``, warm-up steps excluded."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0; got {repeats}, {warmup}.")
+    fmt = torch.channels_last if example_inputs.dim() == 4 else torch.contiguous_format
+    m = copy.deepcopy(model).train().to(memory_format=fmt)
+    x = example_inputs.contiguous(memory_format=fmt)
+    y = torch.zeros(len(x), dtype=torch.long)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def summary(model: nn.Module, example_input: torch.Tensor, latency_batch: int = 128) -> dict:
     """One row of cost figures: params, bytes, forward FLOPs per sample, CPU latency per batch."""
     batch = example_input.expand(latency_batch, *example_input.shape[1:]).contiguous()

@@ -15,8 +15,9 @@ Two policies map a tier to a ratio (:func:`choose_ratios`):
   ``r`` keeps about ``(1 - r)^2`` of the FLOPs, so ``r = 1 - sqrt(c / c_max)``, rounded to 0.01 and
   clamped to ``max_ratio``.
 * ``deadline``: the largest model (smallest ratio) whose simulated local round fits a deadline and
-  the tier's memory. Round time = train FLOPs (3 x forward x samples x epochs) / sustained FLOP/s
-  + payload bytes x 8 / link bit rate, down and up. The search runs over a grid of ratios with the
+  the tier's memory. Round time = train FLOPs (3 x forward x samples x epochs) / (sustained FLOP/s x
+  the pruned model's measured speed factor, :func:`reft.costs.speed_factor`) + payload bytes x 8 /
+  link bit rate, down and up. The search runs over a grid of ratios with the
   FLOPs and bytes of models that were really pruned (cached, so repeated calls are quick).
 """
 
@@ -160,15 +161,28 @@ def assign(
     return [names[i % len(names)] for i in range(n_clients)]
 
 
-def round_time(tiers: pd.DataFrame, tier: str, train_flops: float, bytes_down: int, bytes_up: int) -> float:
-    """Simulated seconds of one local round on ``tier``: compute plus download and upload."""
-    return sum(_round_parts(tiers, tier, train_flops, bytes_down, bytes_up))
+def round_time(
+    tiers: pd.DataFrame, tier: str, train_flops: float, bytes_down: int, bytes_up: int, speed: float = 1.0
+) -> float:
+    """Simulated seconds of one local round on ``tier``: compute plus download and upload. Compute is
+    ``train_flops / (sustained FLOP/s x speed)``, ``speed`` being the model's measured speed relative
+    to its FLOPs (:func:`reft.costs.speed_factor`; 1: as fast as its FLOPs say)."""
+    return sum(_round_parts(tiers, tier, train_flops, bytes_down, bytes_up, speed))
 
 
-def _round_parts(tiers: pd.DataFrame, tier: str, train_flops: float, bytes_down: int, bytes_up: int) -> tuple:
+def compute_time(tiers: pd.DataFrame, tier: str, flops: float, speed: float = 1.0) -> float:
+    """Simulated seconds of ``flops`` on ``tier`` at ``speed`` (see :func:`round_time`)."""
     _check_tier(tiers, tier)
+    if not speed > 0:
+        raise ValueError(f"speed must be > 0; got {speed}.")
+    return flops / (float(tiers.loc[tier, "sustained_flops"]) * speed)
+
+
+def _round_parts(
+    tiers: pd.DataFrame, tier: str, train_flops: float, bytes_down: int, bytes_up: int, speed: float = 1.0
+) -> tuple:
+    compute = compute_time(tiers, tier, train_flops, speed)  # checks the tier
     row = tiers.loc[tier]
-    compute = train_flops / row["sustained_flops"]
     down = bytes_down * 8 / (row["downlink_mbps"] * 1e6)
     up = bytes_up * 8 / (row["uplink_mbps"] * 1e6)
     return compute, down, up
@@ -246,12 +260,14 @@ def choose_ratios(
         raise ValueError(f"deadline_s must be > 0 seconds; got {deadline_s}.")
     tiers = _validate(tiers.reset_index(), "(frame)") if "sustained_flops" not in tiers.columns else tiers
     grid = _ratio_grid(max_ratio, step)
+    dense_flops = float(costs.at_ratios(model, example_input, [0.0], importance, batch_size)["forward_flops"].iloc[0])
 
     def result(tier: str, ratio: float, deadline: float | None) -> PolicyResult:
         # one really pruned model per ratio, measured once (costs caches), only where the search looks
         c = costs.at_ratios(model, example_input, [ratio], importance, batch_size).iloc[0]
         tf = measure.TRAIN_FLOPS_FACTOR * float(c["forward_flops"]) * samples * epochs
-        comp, down, up = _round_parts(tiers, tier, tf, int(c["bytes"]), int(c["bytes"]))
+        speed = costs.speed_factor(model.spec["name"], float(c["forward_flops"]) / dense_flops)
+        comp, down, up = _round_parts(tiers, tier, tf, int(c["bytes"]), int(c["bytes"]), speed)
         limit = float(tiers.loc[tier, "memory_gb"]) * memory_fraction
         total = comp + down + up
         return PolicyResult(

@@ -32,7 +32,7 @@ class FedAvg(Strategy):
     def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
         ids = sorted(uploads)
         self.server_model.load_state_dict(average([uploads[i].state_dict() for i in ids], self.weights(fed, ids)))
-        return {}
+        return {"server_flops": 0.0}  # averaging: a few FLOPs per parameter and upload, negligible
 
 
 class FedAvgWeakest(FedAvg):

@@ -80,13 +80,14 @@ class FedDF(Strategy):
             if members:
                 model.load_state_dict(average([uploads[i].state_dict() for i in members], self.weights(fed, members)))
         if not self.use_distill:
-            return {}
+            return {"server_flops": 0.0}
         c = fed.cfg
         teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
         targets = distill.teacher_outputs(teachers, fed.public_x, w, c.ensemble, c.temperature)  # once per round
         test = fed.splits.test
         ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
         epochs = []
+        flops = sum(fed.work_flops(t, len(fed.public_x)) for t in teachers)  # server work (test pass: diagnostic)
         for g, model in enumerate(self.groups.values()):
             res = distill.distill(
                 model, targets, fed.public_x, temperature=c.temperature, epochs=c.distill_epochs, lr=c.distill_lr,
@@ -94,8 +95,10 @@ class FedDF(Strategy):
                 clip_grad=self.clip_grad, seed=c.seed * 1000 + rnd * 10 + g,
             )  # fmt: skip
             epochs.append(res.best_epoch)
+            flops += fed.work_flops(model, res.samples, training=True) + fed.work_flops(model, res.val_samples)
         return {
             "ensemble_acc": (ens.argmax(1) == test.y).float().mean().item(),
             "distill_epochs": float(sum(epochs)) / len(epochs),
             "groups": float(len(self.groups)),
+            "server_flops": flops,
         }

@@ -149,7 +149,8 @@ class HeteroFL(Strategy):
         self.server_model.load_state_dict(
             average_overlapping(self.server_model.state_dict(), states, self.weights(fed, ids))
         )
-        if self.bn == "public":
-            update_bn(fed.public_x.split(fed.cfg.distill_batch_size), self.server_model)
-            self.server_model.eval()
-        return {}
+        if self.bn != "public":
+            return {"server_flops": 0.0}
+        update_bn(fed.public_x.split(fed.cfg.distill_batch_size), self.server_model)
+        self.server_model.eval()
+        return {"server_flops": fed.work_flops(self.server_model, len(fed.public_x))}  # the BN pass

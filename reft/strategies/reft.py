@@ -50,4 +50,12 @@ class REFT(Strategy):
         )  # fmt: skip
         self.version += 1
         self._pruned.clear()
-        return {"ensemble_acc": (ens.argmax(1) == test.y).float().mean().item(), "distill_epochs": res.best_epoch}
+        n_pub = len(fed.public_x)  # server work: teachers on the public set, distillation, its validation
+        flops = sum(fed.work_flops(t, n_pub) for t in teachers)
+        flops += fed.work_flops(self.server_model, res.samples, training=True)
+        flops += fed.work_flops(self.server_model, res.val_samples)
+        return {
+            "ensemble_acc": (ens.argmax(1) == test.y).float().mean().item(),  # diagnostic: not in server time
+            "distill_epochs": res.best_epoch,
+            "server_flops": flops,
+        }
