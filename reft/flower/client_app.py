@@ -77,10 +77,12 @@ def _config(context: Context, defaults: Mapping | None) -> tuple[RunConfig, fcon
 
 
 def hello(msg: Message, context: Context, defaults: Mapping | None = None) -> Message:
-    """Tell the server who this node is: partition, tier, number of samples."""
+    """Tell the server who this node is: partition, tier, number of samples, the classes it holds."""
     cfg, _ = _config(context, defaults)
     pid, tier, client = _identity(context, cfg)
-    info = ConfigRecord({"partition-id": pid, "tier": tier, "samples": client.n_samples})
+    info = ConfigRecord(
+        {"partition-id": pid, "tier": tier, "samples": client.n_samples, "labels": json.dumps(client.labels)}
+    )
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 

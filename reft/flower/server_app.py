@@ -41,10 +41,17 @@ class RemoteClient(federation.Client):
 
     samples: int = 0
     node_id: int = 0
+    classes: list[int] | None = None  # as reported; None: not reported
 
     @property
     def n_samples(self) -> int:
         return self.samples
+
+    @property
+    def labels(self) -> list[int]:
+        if self.classes is None:
+            raise ValueError(f"Client {self.id} did not report its classes (HeteroFL's classifier rows need them).")
+        return self.classes
 
 
 @dataclass
@@ -125,7 +132,10 @@ def discover(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions) -> list[Re
         if pid in clients:
             raise ValueError(f"SuperNodes {clients[pid].node_id} and {node} both claim partition-id {pid}.")
         empty = torch.empty(0)
-        clients[pid] = RemoteClient(pid, str(info["tier"]), empty, empty, samples=int(info["samples"]), node_id=node)
+        classes = json.loads(str(info["labels"])) if "labels" in info else None
+        clients[pid] = RemoteClient(
+            pid, str(info["tier"]), empty, empty, samples=int(info["samples"]), node_id=node, classes=classes
+        )
     missing = sorted(set(range(cfg.n_clients)) - set(clients))
     if missing:
         raise RuntimeError(f"No SuperNode reported partition-ids {missing} (failures: {failed}).")
