@@ -24,8 +24,8 @@ from reft import costs, models
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = {  # model: (input shape, batch, rounds, repeats)
-    "cnn": ((1, 1, 28, 28), 64, 5, 3),
-    "resnet18": ((1, 3, 32, 32), 16, 2, 2),
+    "cnn": ((1, 1, 28, 28), 64, 10, 3),
+    "resnet18": ((1, 3, 32, 32), 16, 3, 2),
 }
 RATIOS = [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 
