@@ -11,8 +11,8 @@ for its per-round curves). Nothing is chosen on the test set.
 ``run`` writes ``results/fmnist/peer_fidelity_<label>.csv`` after every run (an interrupted sweep
 keeps what it finished and skips it when started again). ``compare`` writes
 ``results/fmnist/peer_fidelity.csv``: per method and partition, mean final accuracy before and after,
-the paired difference with its 95% t-interval, and the verdict (better / worse when the interval
-excludes 0, otherwise on par).
+the paired difference with its 95% t-interval, and the verdict by the rule of ``reft.stats`` (better /
+worse when the interval excludes 0, on par when it lies within +-1 point, otherwise inconclusive).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ import sys
 import time
 
 import pandas as pd
-from scipy import stats
 
-from reft import data, engine, experiments, report, reproduce
+from reft import data, engine, experiments, report, reproduce, stats
 from reft.config import RunConfig
 
 PROFILE = "fmnist"
@@ -66,16 +65,12 @@ def compare(before: str, after: str) -> pd.DataFrame:
     m = a.merge(b, on=["method", "partition", "seed"], suffixes=("_before", "_after"))
     rows = []
     for (method, part), g in m.groupby(["method", "partition"], sort=False):
-        diff = g["final_acc_after"] - g["final_acc_before"]
-        n = len(diff)
-        half = float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / n**0.5) if n > 1 else float("nan")
-        lo, hi = diff.mean() - half, diff.mean() + half
-        verdict = "better" if lo > 0 else "worse" if hi < 0 else "on par"
-        rows.append({"method": method, "partition": part, "seeds": n,
+        d = stats.paired(g["final_acc_before"], g["final_acc_after"])
+        rows.append({"method": method, "partition": part, "seeds": d.n,
                      "before_mean": g["final_acc_before"].mean(), "before_std": g["final_acc_before"].std(ddof=1),
                      "after_mean": g["final_acc_after"].mean(), "after_std": g["final_acc_after"].std(ddof=1),
-                     "diff_mean": diff.mean(), "diff_ci95_low": lo, "diff_ci95_high": hi,
-                     "verdict": verdict})  # fmt: skip
+                     "diff_mean": d.mean, "diff_ci95_low": d.low, "diff_ci95_high": d.high,
+                     "verdict": d.verdict})  # fmt: skip
     out = pd.DataFrame(rows)
     report.save_table(out, "peer_fidelity", PROFILE)
     return out

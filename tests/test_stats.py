@@ -1,0 +1,32 @@
+"""The verdict rule over paired seeds, checked on differences worked out by hand."""
+
+import math
+
+import pytest
+
+from reft import stats
+
+
+def test_interval_by_hand() -> None:
+    # differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, t(0.975, 2) = 4.3027 -> half 0.024841
+    d = stats.paired([0.5, 0.5, 0.5], [0.51, 0.52, 0.53])
+    assert d.n == 3 and d.mean == pytest.approx(0.02)
+    assert d.low == pytest.approx(0.02 - 0.024841, abs=1e-5) and d.high == pytest.approx(0.044841, abs=1e-5)
+    assert d.verdict == "inconclusive"  # contains 0, reaches beyond +1 point
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [(0.001, 0.05, "better"), (-0.05, -0.001, "worse"), (-0.004, 0.009, "on par"), (-0.02, 0.005, "inconclusive")],
+)
+def test_verdict_rule(low: float, high: float, expected: str) -> None:
+    assert stats.verdict(low, high) == expected
+
+
+def test_paired_is_paired_and_checks_input() -> None:
+    # a large seed-to-seed spread that the pairing removes: every seed gains exactly 2 points
+    d = stats.paired([0.3, 0.6, 0.9], [0.32, 0.62, 0.92])
+    assert d.verdict == "better" and d.low == pytest.approx(0.02) and d.high == pytest.approx(0.02)
+    assert math.isnan(stats.paired([0.5], [0.6]).low) and stats.paired([0.5], [0.6]).verdict == "inconclusive"
+    with pytest.raises(ValueError, match="equally long"):
+        stats.paired([0.1, 0.2], [0.1])
