@@ -84,6 +84,7 @@ def _value_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
         (0 <= c.max_ratio < 1, f"max_ratio must be in [0, 1); got {c.max_ratio}"),
         (c.deadline_s is None or c.deadline_s > 0, f"deadline_s must be > 0; got {c.deadline_s}"),
         (c.seed >= 0, f"seed must be >= 0; got {c.seed}"),
+        (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = no checkpoints); got {c.checkpoint_every}"),
     ]
     errors += [msg for ok, msg in checks if not ok]
     for part in ("private_size", "public_size", "test_size"):
@@ -142,6 +143,9 @@ class RunConfig:
     eval_clients: bool = True
     seed: int = 0
     save_as: str | None = None  # save the history as results/<profile>/<save_as>.csv after every round
+    checkpoint_every: int = 1  # with save_as: a resumable checkpoint every k rounds (0 = none); reft.checkpoint
+    resume: bool = False  # with save_as: continue from this run's last checkpoint, if there is one
+    keep_checkpoints: bool = True  # a finished run keeps its last checkpoint (resume returns it at once)
     profile: str = "interactive"
     progress: bool = True
 

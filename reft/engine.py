@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reft import comm, costs, data, report, strategies, train
+from reft import checkpoint, comm, costs, data, report, strategies, train
 from reft import tiers as tiers_mod
 from reft.config import RunConfig
 from reft.federation import Federation
@@ -83,25 +83,43 @@ def prepare(cfg: RunConfig, splits: data.Splits | None) -> data.Splits:
     return splits
 
 
-def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | None = None) -> RunResult:
+def run(
+    cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | None = None, resume: bool | None = None
+) -> RunResult:
     """Run one federated training as configured; returns history, Ledger and clients.
 
     ``splits`` (already loaded data) saves reloading across runs; the config's subsample sizes still
-    apply. ``strategy`` overrides ``cfg.algorithm`` with a ready-made strategy object.
+    apply. ``strategy`` overrides ``cfg.algorithm`` with a ready-made strategy object. A saved run
+    (``save_as``) writes a checkpoint every ``checkpoint_every`` rounds; with ``resume`` (default
+    ``cfg.resume``) it continues from the last one and ends with the same results as an uninterrupted
+    run (:mod:`reft.checkpoint`).
     """
     cfg.validate()
+    resume = cfg.resume if resume is None else resume
     splits = prepare(cfg, splits)
     fed = Federation(cfg, splits)
     strategy = strategy or strategies.create(cfg.algorithm)
     ledger = comm.Ledger()
     max_up = max_upload_bytes(fed)
+    saving = bool(cfg.save_as) and cfg.checkpoint_every > 0
+    fp = checkpoint.fingerprint(cfg, splits) if saving or (resume and cfg.save_as) else ""
     t0 = time.perf_counter()
     strategy.setup(fed)
     setup_s = time.perf_counter() - t0
     rows: list[dict] = []
     cum_up = cum_down = 0
     cum_sim = 0.0
-    bar = tqdm(range(1, cfg.rounds + 1), desc=f"{strategy.name} rounds", disable=not cfg.progress)
+    start = 1
+    state = checkpoint.latest(cfg, fp) if resume and cfg.save_as else None
+    if state is None and saving:
+        checkpoint.finish(cfg, keep=False)  # a fresh run: older checkpoints under this name are not its own
+    if state is not None:
+        _restore(state, strategy, fed, ledger)
+        rows, start, setup_s = state.history[: cfg.rounds], state.round + 1, 0.0
+        if rows:
+            last = rows[-1]
+            cum_up, cum_down, cum_sim = int(last["cum_bytes_up"]), int(last["cum_bytes_down"]), last["cum_sim_s"]
+    bar = tqdm(range(start, cfg.rounds + 1), desc=f"{strategy.name} rounds", disable=not cfg.progress)
     for rnd in bar:
         t_round = time.perf_counter()
         work = setup_s if rnd == 1 else 0.0
@@ -173,8 +191,12 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
         rows.append(row)
         if cfg.save_as:  # an interrupted run keeps every finished round
             report.save_table(pd.DataFrame(rows), cfg.save_as, cfg.profile)
+        if saving and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.rounds):
+            checkpoint.save(cfg, fp, _snapshot(rnd, rows, strategy, fed, ledger))
         bar.set_postfix(acc=f"{server_acc:.3f}", MB=f"{(cum_up + cum_down) / 1e6:.1f}")
     bar.close()
+    if saving or (resume and cfg.save_as):
+        checkpoint.finish(cfg, keep=cfg.keep_checkpoints)
     history = pd.DataFrame(rows)
     return RunResult(
         cfg,
@@ -184,6 +206,28 @@ def run(cfg: RunConfig, splits: data.Splits | None = None, strategy: Strategy | 
         {c.id: c.model for c in fed.clients if c.model is not None},
         strategy,
     )
+
+
+def _snapshot(rnd: int, rows: list[dict], strategy: Strategy, fed: Federation, ledger: comm.Ledger) -> checkpoint.State:
+    return checkpoint.State(
+        round=rnd,
+        history=rows,
+        ledger=ledger.rows,
+        strategy=strategy.checkpoint_state(),
+        server=checkpoint.encode_models(strategy.checkpoint_models()),
+        clients={c.id: comm.encode(c.model) for c in fed.clients if c.model is not None},
+        rng=checkpoint.rng_state(),
+    )
+
+
+def _restore(state: checkpoint.State, strategy: Strategy, fed: Federation, ledger: comm.Ledger) -> None:
+    """Put a checkpoint's state into a freshly set-up strategy, federation and Ledger."""
+    checkpoint.restore_models(strategy.checkpoint_models(), state.server)
+    strategy.restore_state(state.strategy)
+    for c in fed.clients:
+        c.model = comm.decode(state.clients[c.id]) if c.id in state.clients else None
+    ledger.rows = list(state.ledger)
+    checkpoint.set_rng_state(state.rng)
 
 
 def client_update(

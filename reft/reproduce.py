@@ -22,7 +22,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -107,7 +107,8 @@ def code_fingerprint() -> str:
 
 def fingerprint(job: Job, code: str) -> str:
     cells = [c["source"] for c in json.loads(job.notebook.read_text())["cells"]]
-    blob = json.dumps({"cells": cells, "parameters": job.parameters, "code": code}, sort_keys=True, default=str)
+    params = {k: v for k, v in job.parameters.items() if k != "resume"}  # resuming gives the same results
+    blob = json.dumps({"cells": cells, "parameters": params, "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -227,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="run only notebooks whose names start with these (e.g. 00 01)")
     ap.add_argument("--force", action="store_true", help="run even notebooks whose outputs are current")
     ap.add_argument("--list", action="store_true", help="list profiles and exit")
+    ap.add_argument(
+        "--resume", action="store_true", help="notebooks with a `resume` parameter continue interrupted runs"
+    )
     args = ap.parse_args(argv)
     profiles = load_profiles()
     if args.list:
@@ -235,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         jobs = plan(args.profile, profiles, args.only)  # everything validated before anything runs
+        if args.resume:
+            jobs = [
+                replace(j, parameters={**j.parameters, "resume": True})
+                if "resume" in declared_parameters(j.notebook)
+                else j
+                for j in jobs
+            ]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -83,3 +83,13 @@ def test_shipped_profiles_are_valid() -> None:
     for name in profiles:
         jobs = reproduce.plan(name, profiles)
         assert jobs and all(j.parameters["profile"] == name for j in jobs)
+
+
+def test_resume_flag_reaches_notebook_03_and_leaves_the_fingerprint_alone() -> None:
+    (job,) = reproduce.plan("fmnist", reproduce.load_profiles(), only=["03"])
+    assert "resume" in reproduce.declared_parameters(job.notebook) and "resume" not in job.parameters
+    resumed = reproduce.Job(job.notebook, {**job.parameters, "resume": True})
+    code = reproduce.code_fingerprint()
+    assert reproduce.fingerprint(resumed, code) == reproduce.fingerprint(job, code)
+    changed = reproduce.Job(job.notebook, {**job.parameters, "rounds": 9})
+    assert reproduce.fingerprint(changed, code) != reproduce.fingerprint(job, code)

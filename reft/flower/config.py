@@ -18,7 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from reft.config import RunConfig
 
 # RunConfig fields that make no sense across processes (the ServerApp saves its own outputs).
-_SKIP = {"progress", "save_as", "profile"}
+_SKIP = {"progress", "save_as", "profile", "checkpoint_every", "resume", "keep_checkpoints"}  # in-process only
 
 
 @dataclass

@@ -45,6 +45,18 @@ class Strategy:
         """Aggregation weights of these clients: ``RunConfig.weighting`` if set, else this algorithm's own."""
         return fed.weights(client_ids, fed.cfg.weighting or self.weighting)
 
+    def checkpoint_models(self) -> dict[str, nn.Module]:
+        """The models that carry this strategy's state from round to round, by name. A checkpoint saves
+        them; on resume :meth:`setup` builds them again and their weights are loaded in place."""
+        return {"server": self.server_model}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The rest of this strategy's state between rounds, JSON-able (nothing by default)."""
+        return {}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Undo :meth:`checkpoint_state` after :meth:`setup` (nothing by default)."""
+
     def local_options(self, fed: Federation, client: Client) -> dict[str, Any]:
         """What a client needs to know to train as this algorithm says, beyond the model (JSON-able:
         it travels with the model on Flower). Nothing by default."""

@@ -70,6 +70,9 @@ class FedDF(Strategy):
             self.group_of[tier] = key
         self.server_model = next(iter(self.groups.values()))
 
+    def checkpoint_models(self) -> dict[str, nn.Module]:
+        return {f"group{g}": m for g, m in enumerate(self.groups.values())}  # the server model is group0
+
     def send(self, fed: Federation, rnd: int, client: Client) -> nn.Module:
         return self.groups[self.group_of[client.tier]]
 

@@ -9,6 +9,9 @@ model travels back to every client every round, which is where REFT saves downst
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from reft import distill
@@ -26,6 +29,12 @@ class REFT(Strategy):
         self.version = 0  # number of server updates so far
         self.sent: dict[int, int] = {}  # client id -> round of its last model
         self._pruned: dict[tuple[str, int], nn.Module] = {}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"version": self.version, "sent": {str(k): v for k, v in self.sent.items()}}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        self.version, self.sent = int(state["version"]), {int(k): int(v) for k, v in state["sent"].items()}
 
     def send(self, fed: Federation, rnd: int, client: Client) -> nn.Module | None:
         last, k = self.sent.get(client.id), fed.cfg.refresh_every
