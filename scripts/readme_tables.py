@@ -133,7 +133,27 @@ def peer_fidelity() -> str:
     )
 
 
+def speedups() -> str:
+    """reft/speedups.csv: measured training-step speed-up of each pruned model against its FLOPs reduction."""
+    t = pd.read_csv(ROOT / "reft" / "speedups.csv")
+    t = t[t["ratio"] > 0]
+    return markdown(
+        pd.DataFrame(
+            {
+                "model": t["model"],
+                "ratio": t["ratio"].map(lambda v: f"{v:g}"),
+                "FLOPs kept (%)": (100 * t["flops_fraction"]).map(lambda v: f"{v:.2f}"),
+                "FLOPs reduction": (1 / t["flops_fraction"]).map(lambda v: f"{v:.1f}x"),
+                "measured speed-up": t["speedup"].map(lambda v: f"{v:.2f}x"),
+                "speed factor (of ideal)": t["speedup_vs_ideal"].map(lambda v: f"{v:.3f}"),
+                "batch, threads": [f"{b}, {n}" for b, n in zip(t["batch"], t["threads"], strict=True)],
+            }
+        )
+    )
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "speedups": speedups,
     "peer-fidelity": peer_fidelity,
     "main-results": main_results,
     "gflops-by-tier": gflops_by_tier,
