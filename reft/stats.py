@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 MARGIN = 0.01
@@ -54,3 +55,51 @@ def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95, margin: 
         return Paired(n, mean, float("nan"), float("nan"), "inconclusive")
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
     return Paired(n, mean, mean - half, mean + half, verdict(mean - half, mean + half, margin))
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:
+    """Mean, and the Student-t ``level`` interval of the mean (NaN bounds for fewer than 2 values), and n."""
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    if n == 0:
+        raise ValueError("Need at least one value.")
+    mean = float(v.mean())
+    if n < 2:
+        return mean, float("nan"), float("nan"), n
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def summarize(rows: pd.DataFrame, by: Sequence[str], values: Sequence[str], level: float = 0.95) -> pd.DataFrame:
+    """Per group of ``by`` (e.g. method and partition), for each column of ``values`` over the rows (one
+    per seed): ``<v>_mean``, ``<v>_std``, ``<v>_n``, ``<v>_ci_low``, ``<v>_ci_high``."""
+    out = []
+    for key, g in rows.groupby(list(by), sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
+        for v in values:
+            mean, lo, hi, n = t_interval(g[v].dropna(), level)
+            std = float(g[v].std(ddof=1)) if n > 1 else float("nan")
+            row |= {f"{v}_mean": mean, f"{v}_std": std, f"{v}_n": n, f"{v}_ci_low": lo, f"{v}_ci_high": hi}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def versus(
+    rows: pd.DataFrame, reference: str, value: str = "final_acc", method: str = "method",
+    by: Sequence[str] = ("partition",), pair: str = "seed", level: float = 0.95, margin: float = MARGIN,
+) -> pd.DataFrame:  # fmt: skip
+    """Every method against ``reference``, paired on ``pair`` (the seed) within each group of ``by``: the
+    mean difference (method - reference), its interval and the verdict of the method against the reference."""
+    out = []
+    for key, g in rows.groupby(list(by), sort=False):
+        ref = g[g[method] == reference].set_index(pair)[value]
+        for m, gm in g[g[method] != reference].groupby(method, sort=False):
+            other = gm.set_index(pair)[value]
+            seeds = sorted(set(ref.index) & set(other.index))
+            if not seeds:
+                continue
+            d = paired(ref.loc[seeds].to_numpy(), other.loc[seeds].to_numpy(), level, margin)
+            out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)), method: m,
+                        "reference": reference, "seeds": d.n, "diff_mean": d.mean, "diff_ci_low": d.low,
+                        "diff_ci_high": d.high, "verdict": d.verdict})  # fmt: skip
+    return pd.DataFrame(out)

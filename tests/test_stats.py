@@ -30,3 +30,31 @@ def test_paired_is_paired_and_checks_input() -> None:
     assert math.isnan(stats.paired([0.5], [0.6]).low) and stats.paired([0.5], [0.6]).verdict == "inconclusive"
     with pytest.raises(ValueError, match="equally long"):
         stats.paired([0.1, 0.2], [0.1])
+
+
+def test_summarize_by_hand() -> None:
+    import pandas as pd
+
+    rows = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 2, "acc": [0.80, 0.82, 0.84, 0.5, 0.7]})
+    s = stats.summarize(rows, ["method"], ["acc"]).set_index("method")
+    # a: mean 0.82, sd 0.02, half = 4.3027 * 0.02 / sqrt(3) = 0.049683
+    assert s.loc["a", "acc_mean"] == pytest.approx(0.82) and s.loc["a", "acc_std"] == pytest.approx(0.02)
+    assert s.loc["a", "acc_ci_low"] == pytest.approx(0.82 - 0.049683, abs=1e-5) and s.loc["a", "acc_n"] == 3
+    # b: mean 0.6, sd 0.141421, half = 12.7062 * 0.141421 / sqrt(2) = 1.27062
+    assert s.loc["b", "acc_ci_high"] == pytest.approx(0.6 + 1.27062, abs=1e-4)
+
+
+def test_versus_pairs_on_the_seed() -> None:
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        {
+            "method": ["reft"] * 3 + ["fedavg"] * 3,
+            "partition": "iid",
+            "seed": [0, 1, 2, 2, 1, 0],  # the other method's rows in another order: pairing is by seed
+            "final_acc": [0.70, 0.80, 0.90, 0.93, 0.83, 0.73],
+        }
+    )
+    v = stats.versus(rows, "reft").iloc[0]
+    assert v["method"] == "fedavg" and v["seeds"] == 3
+    assert v["diff_mean"] == pytest.approx(0.03) and v["verdict"] == "better"
