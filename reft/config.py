@@ -141,6 +141,7 @@ class RunConfig:
     refresh_every: int = 0  # REFT: resend freshly pruned server models every k rounds (0 = never)
     # bookkeeping
     eval_clients: bool = True
+    final_test: bool = True  # the last round's server (and ensemble) accuracy on the whole test part
     seed: int = 0
     save_as: str | None = None  # save the history as results/<profile>/<save_as>.csv after every round
     checkpoint_every: int = 1  # with save_as: a resumable checkpoint every k rounds (0 = none); reft.checkpoint

@@ -68,6 +68,12 @@ class RunResult:
         return 100.0 * (wall - work) / wall
 
 
+def final_test(cfg: RunConfig, source: data.Splits) -> data.Data | None:
+    """The test part the last round is measured on (all of ``source``'s test images), or None when
+    ``RunConfig.final_test`` is off or ``test_size`` keeps them all anyway."""
+    return source.test if cfg.final_test and cfg.test_size is not None else None
+
+
 def prepare(cfg: RunConfig, splits: data.Splits | None) -> data.Splits:
     """The run's data: ``splits`` (or the loaded dataset) subsampled as configured, checked for the clients."""
     if splits is None:
@@ -96,8 +102,9 @@ def run(
     """
     cfg.validate()
     resume = cfg.resume if resume is None else resume
-    splits = prepare(cfg, splits)
-    fed = Federation(cfg, splits)
+    source = splits if splits is not None else data.load(cfg.dataset, seed=cfg.seed)
+    splits = prepare(cfg, source)
+    fed = Federation(cfg, splits, final_test=final_test(cfg, source))
     strategy = strategy or strategies.create(cfg.algorithm)
     ledger = comm.Ledger()
     max_up = max_upload_bytes(fed)
@@ -153,7 +160,8 @@ def run(
             stats.append({"tier": cl.tier, "acc": acc, "flops": flops, "down": down, "up": len(payload), "sim": sim})
         t = time.perf_counter()
         extra = strategy.aggregate(fed, rnd, uploads) if uploads else {}  # none accepted: the server model stays
-        server_acc = train.evaluate(strategy.server_model, splits.test.x, splits.test.y)
+        test = fed.test_for(rnd)
+        server_acc = train.evaluate(strategy.server_model, test.x, test.y)
         work += time.perf_counter() - t
 
         st = pd.DataFrame(stats)
@@ -166,6 +174,7 @@ def run(
             "algorithm": strategy.name,
             "round": rnd,
             "server_acc": server_acc,
+            "test_n": len(test.y),
             "client_acc_mean": float(st["acc"].mean()),
             **extra,
             "participants": len(active),

@@ -40,6 +40,7 @@ def summary(result: RunResult, target_acc: float | None = None) -> dict:
         "partition": partition_label(cfg.partition if cfg.partition != "dirichlet" else cfg.alpha),
         "rounds": len(h),
         "final_acc": float(h["server_acc"].iloc[-1]),
+        "final_test_n": int(h["test_n"].iloc[-1]),
         "client_acc_mean": float(h["client_acc_mean"].iloc[-1]),
         "mb_up": up / 1e6,
         "mb_down": down / 1e6,
@@ -84,18 +85,34 @@ def sweep(
     names: Sequence[str] = ("variant",),
     target_acc: float | None = None,
     save_prefix: str | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Comparison:
     """Run ``base`` once per variant (a dict of RunConfig changes, keyed by its label or a tuple of
     labels named by ``names``): one summary row per run, every history and client table, labelled.
 
+    ``seeds``: run every variant once per seed, paired (for one seed every variant sees the same split,
+    partition, tiers and initial weights; the seed changes all of them), with a ``seed`` label column.
+    The data are then loaded per seed (``splits`` must be None: a split belongs to its seed).
     With ``save_prefix`` each run's history is saved after every round as
-    ``results/<profile>/<save_prefix>_<labels>.csv``.
+    ``results/<profile>/<save_prefix>_<labels>.csv`` (``..._seed<k>.csv`` with seeds).
     """
+    if seeds is not None and (splits is not None or not seeds or len(set(seeds)) != len(seeds)):
+        raise ValueError("With seeds: pass splits=None (each seed loads its own split) and distinct seeds.")
     results, tables, histories, clients = [], [], [], []
-    for key, changes in tqdm(variants.items(), desc="runs", disable=not base.progress):
+    runs = [(None, key, ch) for key, ch in variants.items()] if seeds is None else [
+        (seed, key, ch) for seed in seeds for key, ch in variants.items()]  # fmt: skip
+    loaded: dict[int, data.Splits] = {}
+    for seed, key, changes in tqdm(runs, desc="runs", disable=not base.progress):
         labels = dict(zip(names, key if isinstance(key, tuple) else (key,), strict=True))
+        cfg_seed = {} if seed is None else {"seed": seed}
         name = "_".join([save_prefix, *map(str, labels.values())]) if save_prefix else None
-        res = run(base.replace(save_as=name, **changes), splits)
+        if name and seed is not None:
+            name += f"_seed{seed}"
+        if seed is not None:
+            labels["seed"] = seed
+            if seed not in loaded:
+                loaded = {seed: data.load(base.dataset, seed=seed)}  # one split in memory at a time
+        res = run(base.replace(save_as=name, **cfg_seed, **changes), loaded.get(seed, splits))
         results.append(res)
         tables.append({**summary(res, target_acc), **labels})
         histories.append(res.history.assign(**labels))
@@ -110,11 +127,12 @@ def compare(
     partitions: Sequence[str | float] = ("iid", 0.5),
     target_acc: float | None = None,
     save_prefix: str | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Comparison:
     """Every method on every partition with otherwise identical settings (``base``): a :func:`sweep`
-    labelled by ``method`` and ``partition``."""
+    labelled by ``method`` and ``partition`` (and ``seed``, paired, with ``seeds``)."""
     variants = {(m, partition_label(p)): {"algorithm": m, **partition_kw(p)} for p in partitions for m in methods}
-    return sweep(base, splits, variants, ("method", "partition"), target_acc, save_prefix)
+    return sweep(base, splits, variants, ("method", "partition"), target_acc, save_prefix, seeds)
 
 
 def budget_table(

@@ -49,10 +49,15 @@ class Client:
 class Federation:
     """What a strategy may look at: config, data, clients, tiers, pruning ratios, and model helpers."""
 
-    def __init__(self, cfg: RunConfig, splits: data.Splits, clients: Sequence[Client] | None = None) -> None:
-        """``clients`` replaces the simulated ones (e.g. remote clients that reported tier and size)."""
+    def __init__(
+        self, cfg: RunConfig, splits: data.Splits, clients: Sequence[Client] | None = None,
+        final_test: data.Data | None = None,
+    ) -> None:  # fmt: skip
+        """``clients`` replaces the simulated ones (e.g. remote clients that reported tier and size);
+        ``final_test``: the test images of the last round (default: those of every round)."""
         self.cfg = cfg
         self.splits = splits
+        self.final_test = final_test
         self.tiers = tiers_mod.load_tiers(cfg.tiers_path)
         self.public_x = splits.public.x
         self.example_input = splits.example_input
@@ -68,6 +73,11 @@ class Federation:
         self.clients = [
             Client(i, tier_of[i], splits.private_train.x[p], splits.private_train.y[p]) for i, p in enumerate(parts)
         ]
+
+    def test_for(self, rnd: int) -> data.Data:
+        """The test images server accuracy is measured on in round ``rnd``: the whole test part in the last
+        round (``RunConfig.final_test``), the per-round subset (``test_size``) before it."""
+        return self.final_test if self.final_test is not None and rnd >= self.cfg.rounds else self.splits.test
 
     def dense_model(self) -> models.ReftModel:
         """The server's dense model, initialized from the run's seed (same seed, same weights)."""

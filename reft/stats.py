@@ -72,13 +72,15 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
 
 def summarize(rows: pd.DataFrame, by: Sequence[str], values: Sequence[str], level: float = 0.95) -> pd.DataFrame:
     """Per group of ``by`` (e.g. method and partition), for each column of ``values`` over the rows (one
-    per seed): ``<v>_mean``, ``<v>_std``, ``<v>_n``, ``<v>_ci_low``, ``<v>_ci_high``."""
+    per seed): ``<v>_mean``, ``<v>_std``, ``<v>_n``, ``<v>_ci_low``, ``<v>_ci_high``. NaN values are left
+    out (``<v>_n`` counts the others: for a time to accuracy, the seeds that reached it)."""
     out = []
     for key, g in rows.groupby(list(by), sort=False):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
         for v in values:
-            mean, lo, hi, n = t_interval(g[v].dropna(), level)
-            std = float(g[v].std(ddof=1)) if n > 1 else float("nan")
+            vals = g[v].dropna()  # e.g. a time to accuracy is NaN for a seed that never reached it
+            mean, lo, hi, n = t_interval(vals, level) if len(vals) else (float("nan"),) * 3 + (0,)
+            std = float(vals.std(ddof=1)) if n > 1 else float("nan")
             row |= {f"{v}_mean": mean, f"{v}_std": std, f"{v}_n": n, f"{v}_ci_low": lo, f"{v}_ci_high": hi}
         out.append(row)
     return pd.DataFrame(out)

@@ -323,6 +323,7 @@ BAD_CONFIG = {
     "distill_lr": ("x", -1.0), "distill_batch_size": (1.0, 0), "val_fraction": (None, 1.0), "patience": ("2", -1),
     "refresh_every": (0.5, -1), "eval_clients": ("yes", None), "seed": (None, -1), "save_as": (1, None),
     "profile": (None, None), "progress": (1, None), "server_tier": (1, None), "checkpoint_every": ("1", -1),
+    "final_test": (1, None),
     "resume": ("no", None), "keep_checkpoints": (0, None),
 }  # fmt: skip
 

@@ -161,3 +161,39 @@ def test_client_table_says_which_tiers_cannot_afford_the_model(splits) -> None:
     strongest_first = [t for t in tiers.load_tiers().index if t in ct.index]
     times = ct.loc[strongest_first, "round_time_s"].tolist()
     assert times == sorted(times) and not ct["meets_deadline"].all() and ct["meets_deadline"].any()
+
+
+@pytest.mark.parametrize("algorithm", ["reft", "fedavg"])
+def test_last_round_is_measured_on_the_whole_test_part(splits, algorithm, monkeypatch) -> None:
+    from reft import distill
+
+    seen: list[int] = []  # sizes of the sets the ensemble is run on
+    real = distill.teacher_outputs
+    monkeypatch.setattr(distill, "teacher_outputs", lambda t, x, *a, **k: seen.append(len(x)) or real(t, x, *a, **k))
+    res = _run(splits, algorithm=algorithm)
+    h = res.history
+    assert h["test_n"].tolist() == [200, len(splits.test.y)] and len(splits.test.y) == 10_000
+    full = (res.strategy.server_model.eval()(splits.test.x).argmax(1) == splits.test.y).float().mean().item()
+    assert h["server_acc"].iloc[-1] == pytest.approx(full, abs=1e-6)
+    if algorithm == "reft":  # the ensemble's accuracy: on the 200-image subset in round 1, on all in round 2
+        assert 200 in seen and 10_000 in seen and seen.index(10_000) > seen.index(200)
+    off = _run(splits, algorithm=algorithm, final_test=False).history
+    assert off["test_n"].tolist() == [200, 200]
+    pd.testing.assert_series_equal(off["server_acc"].iloc[:1], h["server_acc"].iloc[:1])
+
+
+def test_seeds_are_paired_across_methods_and_change_everything(splits) -> None:
+    base = RunConfig(**{**TINY, "rounds": 1, "distill_epochs": 1})
+    cmp = experiments.compare(base, None, ["fedavg", "reft"], ["iid"], seeds=[0, 1])
+    assert cmp.table[["method", "seed"]].values.tolist() == [["fedavg", 0], ["reft", 0], ["fedavg", 1], ["reft", 1]]
+    c = cmp.clients
+    tiers_of = {(m, s): c[(c.method == m) & (c.seed == s)]["tier"].tolist() for m in ("fedavg", "reft") for s in (0, 1)}
+    samples_of = {
+        (m, s): c[(c.method == m) & (c.seed == s)]["samples"].tolist() for m in ("fedavg", "reft") for s in (0, 1)
+    }
+    assert tiers_of["fedavg", 0] == tiers_of["reft", 0] and samples_of["fedavg", 0] == samples_of["reft", 0]
+    assert tiers_of["fedavg", 0] != tiers_of["fedavg", 1] or samples_of["fedavg", 0] != samples_of["fedavg", 1]
+    one = engine.run(base.replace(algorithm="fedavg", seed=1))  # the same run alone: same numbers
+    assert one.history["server_acc"].tolist() == cmp.results[2].history["server_acc"].tolist()
+    with pytest.raises(ValueError, match="splits=None"):
+        experiments.compare(base, splits, ["fedavg"], ["iid"], seeds=[0, 1])

@@ -42,6 +42,8 @@ def test_summarize_by_hand() -> None:
     assert s.loc["a", "acc_ci_low"] == pytest.approx(0.82 - 0.049683, abs=1e-5) and s.loc["a", "acc_n"] == 3
     # b: mean 0.6, sd 0.141421, half = 12.7062 * 0.141421 / sqrt(2) = 1.27062
     assert s.loc["b", "acc_ci_high"] == pytest.approx(0.6 + 1.27062, abs=1e-4)
+    never = stats.summarize(rows.assign(acc=float("nan")), ["method"], ["acc"]).set_index("method")
+    assert never.loc["a", "acc_n"] == 0 and math.isnan(never.loc["a", "acc_mean"])
 
 
 def test_versus_pairs_on_the_seed() -> None:

@@ -150,8 +150,11 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
     status = {"status": "running", "rounds_done": 0}
     _write_json(opts.out_dir, "status.json", status)
     try:
-        splits = engine.prepare(cfg, splits if splits is not None else data.load(cfg.dataset, seed=cfg.seed))
-        fed = federation.Federation(cfg, splits, clients=discover(grid, cfg, opts))  # tiers, sizes as reported
+        source = splits if splits is not None else data.load(cfg.dataset, seed=cfg.seed)
+        splits = engine.prepare(cfg, source)
+        fed = federation.Federation(  # tiers, sizes as reported
+            cfg, splits, clients=discover(grid, cfg, opts), final_test=engine.final_test(cfg, source)
+        )
         nodes = pd.DataFrame(
             [{"client": c.id, "node_id": c.node_id, "tier": c.tier, "samples": c.samples} for c in fed.clients]
         )
@@ -199,7 +202,8 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
             t_s = time.perf_counter()
             if uploads:  # REFT distils what arrived; nothing arrived: the server model stays as it is
                 extra = strategy.aggregate(fed, rnd, uploads)
-            server_acc = train.evaluate(strategy.server_model, splits.test.x, splits.test.y)
+            test = fed.test_for(rnd)
+            server_acc = train.evaluate(strategy.server_model, test.x, test.y)
             server_s = time.perf_counter() - t_s
             up, down = sum(s["up"] for s in stats), sum(down_of.values())
             cum_up, cum_down = cum_up + up, cum_down + down
@@ -208,6 +212,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
                     "algorithm": strategy.name,
                     "round": rnd,
                     "server_acc": server_acc,
+                    "test_n": len(test.y),
                     "client_acc_mean": float(pd.Series([s["acc"] for s in stats], dtype=float).mean()),
                     **extra,
                     "participants": len(active),

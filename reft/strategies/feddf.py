@@ -87,7 +87,7 @@ class FedDF(Strategy):
         c = fed.cfg
         teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
         targets = distill.teacher_outputs(teachers, fed.public_x, w, c.ensemble, c.temperature)  # once per round
-        test = fed.splits.test
+        test = fed.test_for(rnd)
         ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
         epochs = []
         flops = sum(fed.work_flops(t, len(fed.public_x)) for t in teachers)  # server work (test pass: diagnostic)

@@ -50,7 +50,7 @@ class REFT(Strategy):
         c = fed.cfg
         ids = sorted(uploads)
         teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
-        test = fed.splits.test
+        test = fed.test_for(rnd)
         ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
         res = distill.distill(
             self.server_model, teachers, fed.public_x, temperature=c.temperature, mode=c.ensemble, weights=w,
