@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -81,3 +81,11 @@ def plot_label_histogram(hist: pd.DataFrame, ax: plt.Axes | None = None, title: 
     ax.set(xlabel="client", ylabel="samples", title=title)
     ax.tick_params(axis="x", rotation=0)
     return ax
+
+
+def per_round_mean(history: pd.DataFrame, column: str, by: Sequence[str]) -> pd.DataFrame:
+    """``history`` with ``column`` (e.g. cumulative MB or simulated seconds, which differ a little from seed
+    to seed) replaced by its mean over the rows of the same ``by`` group and round, so that a seaborn line
+    over seeds has one x per round and its band is the spread of accuracy, not of x."""
+    keys = [*by, "round"]
+    return history.assign(**{column: history.groupby(keys)[column].transform("mean")})
