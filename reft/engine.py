@@ -68,17 +68,20 @@ class RunResult:
         return 100.0 * (wall - work) / wall
 
 
-def final_test(cfg: RunConfig, source: data.Splits) -> data.Data | None:
-    """The test part the last round is measured on (all of ``source``'s test images), or None when
+def final_test(cfg: RunConfig, whole: data.Splits) -> data.Data | None:
+    """The test part the last round is measured on (all of ``whole``'s test images), or None when
     ``RunConfig.final_test`` is off or ``test_size`` keeps them all anyway."""
-    return source.test if cfg.final_test and cfg.test_size is not None else None
+    return whole.test if cfg.final_test and cfg.test_size is not None else None
+
+
+def source(cfg: RunConfig, splits: data.Splits | None = None) -> data.Splits:
+    """The run's whole dataset: ``splits`` when given, else the configured dataset split by the run's seed."""
+    return splits if splits is not None else data.load(cfg.dataset, seed=cfg.seed)
 
 
 def prepare(cfg: RunConfig, splits: data.Splits | None) -> data.Splits:
     """The run's data: ``splits`` (or the loaded dataset) subsampled as configured, checked for the clients."""
-    if splits is None:
-        splits = data.load(cfg.dataset, seed=cfg.seed)
-    splits = splits.subsample(cfg.private_size, cfg.public_size, cfg.test_size, seed=cfg.seed)
+    splits = source(cfg, splits).subsample(cfg.private_size, cfg.public_size, cfg.test_size, seed=cfg.seed)
     if len(splits.public) == 0:
         raise ValueError("The public set is empty: REFT distils on unlabelled public data; use public_size >= 1.")
     if cfg.n_clients > len(splits.private_train):
@@ -102,14 +105,15 @@ def run(
     """
     cfg.validate()
     resume = cfg.resume if resume is None else resume
-    source = splits if splits is not None else data.load(cfg.dataset, seed=cfg.seed)
-    splits = prepare(cfg, source)
-    fed = Federation(cfg, splits, final_test=final_test(cfg, source))
+    whole = source(cfg, splits)
+    splits = prepare(cfg, whole)
+    fed = Federation(cfg, splits, final_test=final_test(cfg, whole))
     strategy = strategy or strategies.create(cfg.algorithm)
     ledger = comm.Ledger()
     max_up = max_upload_bytes(fed)
     saving = bool(cfg.save_as) and cfg.checkpoint_every > 0
-    fp = checkpoint.fingerprint(cfg, splits) if saving or (resume and cfg.save_as) else ""
+    checkpointed = saving or (resume and bool(cfg.save_as))  # checkpoints are written or read
+    fp = checkpoint.fingerprint(cfg, splits) if checkpointed else ""
     t0 = time.perf_counter()
     strategy.setup(fed)
     setup_s = time.perf_counter() - t0
@@ -117,7 +121,7 @@ def run(
     cum_up = cum_down = 0
     cum_sim = 0.0
     start = 1
-    state = checkpoint.latest(cfg, fp) if resume and cfg.save_as else None
+    state = checkpoint.latest(cfg, fp) if resume and checkpointed else None
     if state is None and saving:
         checkpoint.finish(cfg, keep=False)  # a fresh run: older checkpoints under this name are not its own
     if state is not None:
@@ -204,7 +208,7 @@ def run(
             checkpoint.save(cfg, fp, _snapshot(rnd, rows, strategy, fed, ledger))
         bar.set_postfix(acc=f"{server_acc:.3f}", MB=f"{(cum_up + cum_down) / 1e6:.1f}")
     bar.close()
-    if saving or (resume and cfg.save_as):
+    if checkpointed:
         checkpoint.finish(cfg, keep=cfg.keep_checkpoints)
     history = pd.DataFrame(rows)
     return RunResult(

@@ -104,15 +104,13 @@ def sweep(
     loaded: dict[int, data.Splits] = {}
     for seed, key, changes in tqdm(runs, desc="runs", disable=not base.progress):
         labels = dict(zip(names, key if isinstance(key, tuple) else (key,), strict=True))
-        cfg_seed = {} if seed is None else {"seed": seed}
         name = "_".join([save_prefix, *map(str, labels.values())]) if save_prefix else None
-        if name and seed is not None:
-            name += f"_seed{seed}"
         if seed is not None:
-            labels["seed"] = seed
+            name = f"{name}_seed{seed}" if name else None
+            labels["seed"], changes = seed, {**changes, "seed": seed}
             if seed not in loaded:
                 loaded = {seed: data.load(base.dataset, seed=seed)}  # one split in memory at a time
-        res = run(base.replace(save_as=name, **cfg_seed, **changes), loaded.get(seed, splits))
+        res = run(base.replace(save_as=name, **changes), loaded.get(seed, splits))
         results.append(res)
         tables.append({**summary(res, target_acc), **labels})
         histories.append(res.history.assign(**labels))

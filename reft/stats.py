@@ -49,12 +49,8 @@ def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95, margin: 
         raise ValueError(f"Need two equally long, non-empty lists of per-seed values; got {a.shape} and {b.shape}.")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1); got {level}.")
-    d = b - a
-    n, mean = len(d), float(d.mean())
-    if n < 2:
-        return Paired(n, mean, float("nan"), float("nan"), "inconclusive")
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
-    return Paired(n, mean, mean - half, mean + half, verdict(mean - half, mean + half, margin))
+    mean, low, high, n = t_interval(b - a, level)
+    return Paired(n, mean, low, high, verdict(low, high, margin))
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:

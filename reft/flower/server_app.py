@@ -150,10 +150,10 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
     status = {"status": "running", "rounds_done": 0}
     _write_json(opts.out_dir, "status.json", status)
     try:
-        source = splits if splits is not None else data.load(cfg.dataset, seed=cfg.seed)
-        splits = engine.prepare(cfg, source)
+        whole = engine.source(cfg, splits)
+        splits = engine.prepare(cfg, whole)
         fed = federation.Federation(  # tiers, sizes as reported
-            cfg, splits, clients=discover(grid, cfg, opts), final_test=engine.final_test(cfg, source)
+            cfg, splits, clients=discover(grid, cfg, opts), final_test=engine.final_test(cfg, whole)
         )
         nodes = pd.DataFrame(
             [{"client": c.id, "node_id": c.node_id, "tier": c.tier, "samples": c.samples} for c in fed.clients]
