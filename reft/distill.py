@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from reft.train import evaluate, predict
+from reft import bench
+from reft.train import evaluate, memory_format, predict
 
 MODES = ("logits", "probs")
 
@@ -160,7 +161,8 @@ def distill(
     x_val, t_val = public_x[val_idx], targets[val_idx]
 
     torch.manual_seed(seed)
-    student.to(memory_format=torch.channels_last)
+    fmt = memory_format(student)
+    student.to(memory_format=fmt)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     budget = epochs * -(-len(x_tr) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, budget)) if schedule == "cosine" else None
@@ -169,23 +171,25 @@ def distill(
     for epoch in tqdm(range(epochs), desc="distill", disable=not progress, leave=False):
         student.train()
         perm = torch.randperm(len(x_tr), generator=gen)
-        for i in range(0, len(x_tr), batch_size):
-            idx = perm[i : i + batch_size]
-            xb = x_tr[idx].contiguous(memory_format=torch.channels_last)
-            loss = kd_loss(student(xb), t_tr[idx], temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad is not None:
-                nn.utils.clip_grad_norm_(student.parameters(), clip_grad)
-            opt.step()
-            if sched is not None:
-                sched.step()
+        with bench.phase("server: distillation", student, x_tr, len(x_tr), True):
+            for i in range(0, len(x_tr), batch_size):
+                idx = perm[i : i + batch_size]
+                xb = x_tr[idx].contiguous(memory_format=fmt) if x_tr.dim() == 4 else x_tr[idx]
+                loss = kd_loss(student(xb), t_tr[idx], temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_grad is not None:
+                    nn.utils.clip_grad_norm_(student.parameters(), clip_grad)
+                opt.step()
+                if sched is not None:
+                    sched.step()
         result.samples += len(x_tr)
         result.epochs_run = epoch + 1
         if n_val == 0:  # nothing held out: keep the last epoch
             result.best_epoch = epoch + 1
             continue
-        val = kd_loss(predict(student, x_val), t_val, temperature).item()
+        with bench.phase("server: distillation validation", student, x_val, n_val):
+            val = kd_loss(predict(student, x_val), t_val, temperature).item()
         result.val_samples += n_val
         result.val_losses.append(val)
         if val < best_loss:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reft import checkpoint, comm, costs, data, report, strategies, train
+from reft import bench, checkpoint, comm, costs, data, report, strategies, train
 from reft import tiers as tiers_mod
 from reft.config import RunConfig
 from reft.federation import Federation
@@ -141,20 +141,29 @@ def run(
         for cid in active:
             cl = fed.clients[cid]
             t = time.perf_counter()
-            offer = strategy.send(fed, rnd, cl)
+            with bench.phase("server: send (prune or slice)"):
+                offer = strategy.send(fed, rnd, cl)
             work += time.perf_counter() - t
             down = 0
             if offer is not None:
-                payload = ledger.record(rnd, cid, "down", comm.encode(offer))
-                cl.model, down = comm.decode(payload), len(payload)
+                with bench.phase("wire: encode and decode"):
+                    payload = ledger.record(rnd, cid, "down", comm.encode(offer))
+                    cl.model, down = comm.decode(payload), len(payload)
             if cl.model is None:
                 raise RuntimeError(f"{strategy.name}: client {cid} has no model; send() must give it one first.")
+            model = cl.model
             t = time.perf_counter()
-            fit = client_update(cfg, cl.model, cl.x, cl.y, rnd, cid, strategy, strategy.local_options(fed, cl))
-            acc = train.evaluate(cl.model, splits.test.x, splits.test.y) if cfg.eval_clients else float("nan")
+            with bench.phase(f"client training [{cl.tier}]", model, cl.x, cl.n_samples * cfg.local_epochs, True):
+                fit = client_update(cfg, model, cl.x, cl.y, rnd, cid, strategy, strategy.local_options(fed, cl))
+            acc = float("nan")
+            if cfg.eval_clients:
+                test_x = splits.test.x
+                with bench.phase("client evaluation (diagnostic)", model, test_x, len(test_x)):
+                    acc = train.evaluate(model, test_x, splits.test.y)
             work += time.perf_counter() - t
-            payload = ledger.record(rnd, cid, "up", comm.encode(cl.model))
-            upload, why = receive(payload, max_up, diverged=fit.diverged)
+            with bench.phase("wire: encode and decode"):
+                payload = ledger.record(rnd, cid, "up", comm.encode(model))
+                upload, why = receive(payload, max_up, diverged=fit.diverged)
             if upload is None:
                 rejected[cid] = why
             else:
@@ -165,7 +174,9 @@ def run(
         t = time.perf_counter()
         extra = strategy.aggregate(fed, rnd, uploads) if uploads else {}  # none accepted: the server model stays
         test = fed.test_for(rnd)
-        server_acc = train.evaluate(strategy.server_model, test.x, test.y)
+        server = strategy.server_model
+        with bench.phase("server evaluation", server, test.x, len(test.x)):
+            server_acc = train.evaluate(server, test.x, test.y)
         work += time.perf_counter() - t
 
         st = pd.DataFrame(stats)

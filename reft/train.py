@@ -2,7 +2,11 @@
 
 Data stay as pre-loaded tensors (no DataLoader workers): for Fashion-MNIST-sized data this is
 about an order of magnitude faster per epoch on a 2-core CPU than a DataLoader with ``ToTensor``.
-Models run in ``channels_last`` memory format, which is measurably faster for convolutions on CPU.
+Memory layout and batch sizes were chosen by measurement on a 2-core x86 CPU (``python -m reft.bench``):
+inference runs in ``channels_last`` in batches of 128 (2.4x faster than batches of 1,000 for the dense
+CNN, same outputs bit for bit); training uses ``channels_last`` only when every conv width is a multiple
+of 8 (oneDNN's blocked kernels: 1.7x faster for the dense CNN), else the default layout (odd widths of
+pruned models train up to 1.7x faster that way). :func:`memory_format` holds the rule.
 """
 
 from __future__ import annotations
@@ -33,8 +37,18 @@ class FitResult:
     diverged: bool = False
 
 
-def _fmt(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+PREDICT_BATCH = 128
+
+
+def memory_format(model: nn.Module) -> torch.memory_format:
+    """The layout :func:`fit` trains ``model`` in: ``channels_last`` when every conv width is a multiple
+    of 8 (or there is no conv), else ``contiguous_format`` (see the module docstring for the figures)."""
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return torch.channels_last if all(w % 8 == 0 for w in widths) else torch.contiguous_format
+
+
+def _fmt(x: torch.Tensor, fmt: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
 
 
 def fit(
@@ -74,7 +88,8 @@ def fit(
     loss_fn = loss_fn or F.cross_entropy
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model.to(device=device, memory_format=torch.channels_last).train()
+    fmt = memory_format(model)
+    model.to(device=device, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps = (len(x) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * steps)) if schedule == "cosine" else None
@@ -87,7 +102,7 @@ def fit(
             total, n = 0.0, 0
             for i in range(0, len(x), batch_size):
                 idx = order[i : i + batch_size]
-                xb, yb = _fmt(x[idx]).to(device), y[idx].to(device)
+                xb, yb = _fmt(x[idx], fmt).to(device), y[idx].to(device)
                 loss = loss_fn(model(xb), yb)
                 value = loss.item()
                 if not math.isfinite(value):
@@ -110,7 +125,7 @@ def fit(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, x: torch.Tensor, batch_size: int = 1000, device: str | torch.device = "cpu"
+    model: nn.Module, x: torch.Tensor, batch_size: int = PREDICT_BATCH, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
     """Logits of ``model`` on ``x`` (eval mode, batched), returned on the CPU."""
     was_training = model.training
@@ -142,7 +157,11 @@ def train_central(
 
 
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device: str | torch.device = "cpu"
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = PREDICT_BATCH,
+    device: str | torch.device = "cpu",
 ) -> float:
     """Top-1 accuracy in [0, 1] of ``model`` on ``(x, y)``."""
     if len(x) == 0:

@@ -50,6 +50,27 @@ def test_classifier_rows_average_over_the_clients_holding_the_class() -> None:
     assert out["classifier.bias"].tolist() == [1.0, 3.0, 5.0] + [7.0] * 7
 
 
+def test_heterofl_aggregate_averages_a_class_row_only_over_clients_holding_it(splits: data.Splits) -> None:
+    cfg = RunConfig(algorithm="heterofl", partition="dirichlet", alpha=0.05, tier_mix=["laptop"], **TINY)
+    fed = engine.Federation(cfg, engine.prepare(cfg, splits))
+    het = strategies.HeteroFL(bn="averaged")
+    het.setup(fed)
+    held = [set(c.labels) for c in fed.clients]
+    missing = next(k for k in range(10) if any(k not in h for h in held) and any(k in h for h in held))
+    uploads = {}
+    for c in fed.clients:  # every upload's classifier bias is its client id
+        m = het.send(fed, 1, c)
+        m.classifier.bias.data.fill_(float(c.id))
+        uploads[c.id] = m
+    het.aggregate(fed, 1, uploads)
+    holders = [c.id for c in fed.clients if missing in held[c.id]]
+    assert het.server_model.classifier.bias[missing].item() == pytest.approx(sum(holders) / len(holders))
+    het_all = strategies.HeteroFL(bn="averaged", label_rows=False)
+    het_all.setup(fed)
+    het_all.aggregate(fed, 1, uploads)
+    assert het_all.server_model.classifier.bias[missing].item() == pytest.approx(sum(range(3)) / 3)
+
+
 def test_leading_slice_builds_a_working_sub_model() -> None:
     big = models.build("resnet18", 10, 3, widths=[8, 16, 16, 16] + [8] * 8)
     small = models.build("resnet18", 10, 3, widths=[4, 8, 8, 8] + [4] * 8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from reft import bench
 from reft.federation import Client, Federation
 from reft.strategies.base import Strategy, average
 
@@ -31,7 +32,8 @@ class FedAvg(Strategy):
 
     def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
         ids = sorted(uploads)
-        self.server_model.load_state_dict(average([uploads[i].state_dict() for i in ids], self.weights(fed, ids)))
+        with bench.phase("server: averaging"):
+            self.server_model.load_state_dict(average([uploads[i].state_dict() for i in ids], self.weights(fed, ids)))
         return {"server_flops": 0.0}  # averaging: a few FLOPs per parameter and upload, negligible
 
 

@@ -36,7 +36,7 @@ import json
 
 from torch import nn
 
-from reft import distill
+from reft import bench, distill
 from reft.federation import Client, Federation
 from reft.strategies.base import Strategy, average
 
@@ -78,17 +78,21 @@ class FedDF(Strategy):
 
     def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
         ids = sorted(uploads)
-        for key, model in self.groups.items():
-            members = [i for i in ids if self.group_of[fed.clients[i].tier] == key]
-            if members:
-                model.load_state_dict(average([uploads[i].state_dict() for i in members], self.weights(fed, members)))
+        with bench.phase("server: averaging"):
+            for key, model in self.groups.items():
+                members = [i for i in ids if self.group_of[fed.clients[i].tier] == key]
+                if members:
+                    states = [uploads[i].state_dict() for i in members]
+                    model.load_state_dict(average(states, self.weights(fed, members)))
         if not self.use_distill:
             return {"server_flops": 0.0}
         c = fed.cfg
         teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
-        targets = distill.teacher_outputs(teachers, fed.public_x, w, c.ensemble, c.temperature)  # once per round
-        test = fed.test_for(rnd)
-        ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
+        pub, test = fed.public_x, fed.test_for(rnd)
+        with bench.phase("server: teacher passes", teachers, pub, len(pub)):
+            targets = distill.teacher_outputs(teachers, pub, w, c.ensemble, c.temperature)  # once per round
+        with bench.phase("server: ensemble on test (diagnostic)", teachers, test.x, len(test.x)):
+            ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
         epochs = []
         flops = sum(fed.work_flops(t, len(fed.public_x)) for t in teachers)  # server work (test pass: diagnostic)
         for g, model in enumerate(self.groups.values()):

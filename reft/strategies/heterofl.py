@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from reft import models
+from reft import bench, models
 from reft.federation import Client, Federation
 from reft.strategies.base import Strategy, average_overlapping
 from reft.train import LossFn
@@ -146,11 +146,15 @@ class HeteroFL(Strategy):
     def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
         ids = sorted(uploads)
         states = [uploads[i].state_dict() for i in ids]
-        self.server_model.load_state_dict(
-            average_overlapping(self.server_model.state_dict(), states, self.weights(fed, ids))
-        )
+        masks = [self.row_masks(fed.clients[i].labels) for i in ids] if self.label_rows else None
+        with bench.phase("server: averaging"):
+            self.server_model.load_state_dict(
+                average_overlapping(self.server_model.state_dict(), states, self.weights(fed, ids), masks)
+            )
         if self.bn != "public":
             return {"server_flops": 0.0}
-        update_bn(fed.public_x.split(fed.cfg.distill_batch_size), self.server_model)
+        pub, model = fed.public_x, self.server_model
+        with bench.phase("server: BN pass", model, pub, len(pub)):
+            update_bn(pub.split(fed.cfg.distill_batch_size), model)
         self.server_model.eval()
         return {"server_flops": fed.work_flops(self.server_model, len(fed.public_x))}  # the BN pass

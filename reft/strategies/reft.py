@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from reft import distill
+from reft import bench, distill
 from reft.federation import Client, Federation
 from reft.strategies.base import Strategy
 
@@ -50,10 +50,13 @@ class REFT(Strategy):
         c = fed.cfg
         ids = sorted(uploads)
         teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
-        test = fed.test_for(rnd)
-        ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
+        test, pub = fed.test_for(rnd), fed.public_x
+        with bench.phase("server: teacher passes", teachers, pub, len(pub)):
+            targets = distill.teacher_outputs(teachers, pub, w, c.ensemble, c.temperature)
+        with bench.phase("server: ensemble on test (diagnostic)", teachers, test.x, len(test.x)):
+            ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
         res = distill.distill(
-            self.server_model, teachers, fed.public_x, temperature=c.temperature, mode=c.ensemble, weights=w,
+            self.server_model, targets, pub, temperature=c.temperature, mode=c.ensemble, weights=w,
             epochs=c.distill_epochs, lr=c.distill_lr, batch_size=c.distill_batch_size, val_fraction=c.val_fraction,
             patience=c.patience, seed=c.seed * 1000 + rnd,
         )  # fmt: skip
