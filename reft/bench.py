@@ -13,6 +13,7 @@ in the same process). Wall time no phase covers is the engine's own bookkeeping 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -154,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             public_size=a.public_size, test_size=a.test_size, rounds=a.rounds, distill_epochs=a.distill_epochs,
             partition=a.partition, alpha=a.alpha, seed=a.seed, final_test=False, progress=False,
         )  # fmt: skip
-        frames = [profile(base.replace(algorithm=alg)) for alg in a.algorithm or ["reft", "fedavg"]]
+        # under ``python -m`` this file is __main__, not the reft.bench the engine records into
+        bench = importlib.import_module("reft.bench")
+        frames = [bench.profile(base.replace(algorithm=alg)) for alg in a.algorithm or ["reft", "fedavg"]]
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

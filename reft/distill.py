@@ -28,6 +28,9 @@ from reft import bench
 from reft.train import evaluate, memory_format, predict
 
 MODES = ("logits", "probs")
+#: How :func:`distill` picks the epoch it keeps, label-free, on the held-out public slice: the lowest KD
+#: loss, the highest top-1 agreement with the ensemble, or simply the last epoch (no selection).
+SELECTIONS = ("kd_loss", "agreement", "last")
 
 
 def _check_temperature(temperature: float) -> None:
@@ -95,10 +98,11 @@ def teacher_outputs(
 
 @dataclass
 class DistillResult:
-    """What :func:`distill` did: validation KD loss per epoch, the epoch kept, samples trained on and
-    evaluated (for the server's FLOPs), wall seconds."""
+    """What :func:`distill` did: per epoch, the held-out KD loss and top-1 agreement with the ensemble;
+    the epoch kept; samples trained on and evaluated (for the server's FLOPs), wall seconds."""
 
     val_losses: list[float] = field(default_factory=list)
+    val_agreement: list[float] = field(default_factory=list)
     best_epoch: int = 0
     epochs_run: int = 0
     samples: int = 0
@@ -121,6 +125,7 @@ def distill(
     patience: int = 2,
     schedule: str = "constant",
     clip_grad: float | None = None,
+    select: str = "kd_loss",
     seed: int = 0,
     progress: bool = False,
 ) -> DistillResult:
@@ -140,6 +145,8 @@ def distill(
         raise ValueError(f"Need epochs >= 1, batch_size >= 1, lr > 0, patience >= 0; got {epochs}, {batch_size}, {lr}.")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}.")
+    if select not in SELECTIONS:
+        raise ValueError(f"Unknown select {select!r}; valid: {', '.join(SELECTIONS)}.")
     if schedule not in ("constant", "cosine") or (clip_grad is not None and clip_grad <= 0):
         raise ValueError(
             f"schedule must be 'constant' or 'cosine' and clip_grad > 0 or None; got {schedule!r}, {clip_grad}."
@@ -167,7 +174,7 @@ def distill(
     budget = epochs * -(-len(x_tr) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, budget)) if schedule == "cosine" else None
     result = DistillResult()
-    best_loss, best_state, bad = float("inf"), None, 0
+    best_score, best_state, bad = float("inf"), None, 0
     for epoch in tqdm(range(epochs), desc="distill", disable=not progress, leave=False):
         student.train()
         perm = torch.randperm(len(x_tr), generator=gen)
@@ -185,15 +192,19 @@ def distill(
                     sched.step()
         result.samples += len(x_tr)
         result.epochs_run = epoch + 1
-        if n_val == 0:  # nothing held out: keep the last epoch
+        if n_val == 0 or select == "last":  # nothing held out or no selection: keep the last epoch
             result.best_epoch = epoch + 1
             continue
         with bench.phase("server: distillation validation", student, x_val, n_val):
-            val = kd_loss(predict(student, x_val), t_val, temperature).item()
+            out = predict(student, x_val)
+        val = kd_loss(out, t_val, temperature).item()
         result.val_samples += n_val
         result.val_losses.append(val)
-        if val < best_loss:
-            best_loss, best_state, bad = val, copy.deepcopy(student.state_dict()), 0
+        agree = (out.argmax(1) == t_val.argmax(1)).float().mean().item()
+        result.val_agreement.append(agree)
+        score = val if select == "kd_loss" else -agree  # lower is better
+        if score < best_score:
+            best_score, best_state, bad = score, copy.deepcopy(student.state_dict()), 0
             result.best_epoch = epoch + 1
         else:
             bad += 1

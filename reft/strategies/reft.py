@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from reft import bench, distill
@@ -20,9 +21,26 @@ from reft.strategies.base import Strategy
 
 
 class REFT(Strategy):
-    """Per-tier pruned client models sent once; the server distils their ensemble on public data."""
+    """Per-tier pruned client models sent once; the server distils their ensemble on public data.
+
+    How the server model is chosen each round, all label-free (the study in notebook 02 compares them):
+    ``select`` is :func:`reft.distill.distill`'s criterion for the epoch kept on the held-out public
+    slice (``"kd_loss"``, ``"agreement"`` with the ensemble's top-1, or ``"last"``); ``start="warm"``
+    distils into the current server model, ``"fresh"`` into the seeded initial weights every round;
+    ``ema`` > 0 keeps an exponential moving average of the server weights across rounds
+    (``ema * previous + (1 - ema) * distilled``; the first round takes the distilled model).
+    """
 
     name = "reft"
+    STARTS = ("warm", "fresh")
+
+    def __init__(self, select: str = "kd_loss", start: str = "warm", ema: float = 0.0) -> None:
+        if select not in distill.SELECTIONS or start not in self.STARTS or not 0 <= ema < 1:
+            raise ValueError(
+                f"REFT needs select in {distill.SELECTIONS}, start in {self.STARTS} and 0 <= ema < 1; "
+                f"got {select!r}, {start!r}, {ema}."
+            )
+        self.select, self.start, self.ema = select, start, ema
 
     def setup(self, fed: Federation) -> None:
         self.server_model = fed.dense_model()
@@ -55,19 +73,40 @@ class REFT(Strategy):
             targets = distill.teacher_outputs(teachers, pub, w, c.ensemble, c.temperature)
         with bench.phase("server: ensemble on test (diagnostic)", teachers, test.x, len(test.x)):
             ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
-        res = distill.distill(
-            self.server_model, targets, pub, temperature=c.temperature, mode=c.ensemble, weights=w,
-            epochs=c.distill_epochs, lr=c.distill_lr, batch_size=c.distill_batch_size, val_fraction=c.val_fraction,
-            patience=c.patience, seed=c.seed * 1000 + rnd,
-        )  # fmt: skip
-        self.version += 1
-        self._pruned.clear()
-        n_pub = len(fed.public_x)  # server work: teachers on the public set, distillation, its validation
-        flops = sum(fed.work_flops(t, n_pub) for t in teachers)
-        flops += fed.work_flops(self.server_model, res.samples, training=True)
-        flops += fed.work_flops(self.server_model, res.val_samples)
+        flops = sum(fed.work_flops(t, len(pub)) for t in teachers)  # server work: teachers on the public set
+        step = self.server_step(fed, rnd, targets)
         return {
             "ensemble_acc": (ens.argmax(1) == test.y).float().mean().item(),  # diagnostic: not in server time
-            "distill_epochs": res.best_epoch,
-            "server_flops": flops,
+            "distill_epochs": step["distill_epochs"],
+            "server_flops": flops + step["server_flops"],
         }
+
+    def server_step(self, fed: Federation, rnd: int, targets: torch.Tensor) -> dict[str, float]:
+        """Distil the ensemble's outputs on the public set (``targets``) into the server model as this
+        strategy's ``select``, ``start`` and ``ema`` say; returns the epoch kept and the FLOPs."""
+        c = fed.cfg
+        prev = {k: v.clone() for k, v in self.server_model.state_dict().items()} if self.ema > 0 else None
+        student = self.server_model
+        if self.start == "fresh":
+            with torch.random.fork_rng(devices=[]):  # dense_model() seeds the global generator
+                student = fed.dense_model()
+        res = distill.distill(
+            student, targets, fed.public_x, select=self.select, temperature=c.temperature, epochs=c.distill_epochs,
+            lr=c.distill_lr, batch_size=c.distill_batch_size, val_fraction=c.val_fraction, patience=c.patience,
+            seed=c.seed * 1000 + rnd,
+        )  # fmt: skip
+        if prev is not None and self.version > 0:
+            self.server_model.load_state_dict(ema_state(prev, student.state_dict(), self.ema))
+        elif student is not self.server_model:
+            self.server_model.load_state_dict(student.state_dict())
+        self.version += 1
+        self._pruned.clear()
+        flops = fed.work_flops(student, res.samples, training=True) + fed.work_flops(student, res.val_samples)
+        return {"distill_epochs": float(res.best_epoch), "server_flops": flops}
+
+def ema_state(
+    old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor], decay: float
+) -> dict[str, torch.Tensor]:
+    """``decay * old + (1 - decay) * new`` for floating-point entries; integer buffers (BN's batch count)
+    take ``new``'s value."""
+    return {k: decay * old[k] + (1 - decay) * v if v.is_floating_point() else v.clone() for k, v in new.items()}
