@@ -104,6 +104,7 @@ class REFT(Strategy):
         flops = fed.work_flops(student, res.samples, training=True) + fed.work_flops(student, res.val_samples)
         return {"distill_epochs": float(res.best_epoch), "server_flops": flops}
 
+
 def ema_state(
     old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor], decay: float
 ) -> dict[str, torch.Tensor]:
