@@ -84,6 +84,7 @@ def _value_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
         (0 <= c.max_ratio < 1, f"max_ratio must be in [0, 1); got {c.max_ratio}"),
         (c.deadline_s is None or c.deadline_s > 0, f"deadline_s must be > 0; got {c.deadline_s}"),
         (c.seed >= 0, f"seed must be >= 0; got {c.seed}"),
+        (c.diagnostics_every >= 0, f"diagnostics_every must be >= 0 (0 = last round only); got {c.diagnostics_every}"),
         (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = no checkpoints); got {c.checkpoint_every}"),
     ]
     errors += [msg for ok, msg in checks if not ok]
@@ -141,6 +142,7 @@ class RunConfig:
     refresh_every: int = 0  # REFT: resend freshly pruned server models every k rounds (0 = never)
     # bookkeeping
     eval_clients: bool = True
+    diagnostics_every: int = 1  # per-client and ensemble test accuracy every k rounds and in the last (0: last only)
     final_test: bool = True  # the last round's server (and ensemble) accuracy on the whole test part
     seed: int = 0
     save_as: str | None = None  # save the history as results/<profile>/<save_as>.csv after every round

@@ -156,7 +156,7 @@ def run(
             with bench.phase(f"client training [{cl.tier}]", model, cl.x, cl.n_samples * cfg.local_epochs, True):
                 fit = client_update(cfg, model, cl.x, cl.y, rnd, cid, strategy, strategy.local_options(fed, cl))
             acc = float("nan")
-            if cfg.eval_clients:
+            if cfg.eval_clients and fed.diagnose(rnd):
                 test_x = splits.test.x
                 with bench.phase("client evaluation (diagnostic)", model, test_x, len(test_x)):
                     acc = train.evaluate(model, test_x, splits.test.y)

@@ -79,6 +79,12 @@ class Federation:
         round (``RunConfig.final_test``), the per-round subset (``test_size``) before it."""
         return self.final_test if self.final_test is not None and rnd >= self.cfg.rounds else self.splits.test
 
+    def diagnose(self, rnd: int) -> bool:
+        """Whether round ``rnd`` measures the diagnostics that do not feed the algorithm (each client's and
+        the ensemble's test accuracy): every ``diagnostics_every`` rounds and always in the last."""
+        k = self.cfg.diagnostics_every
+        return rnd >= self.cfg.rounds or (k > 0 and rnd % k == 0)
+
     def dense_model(self) -> models.ReftModel:
         """The server's dense model, initialized from the run's seed (same seed, same weights)."""
         torch.manual_seed(self.cfg.seed)

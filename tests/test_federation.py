@@ -197,3 +197,15 @@ def test_seeds_are_paired_across_methods_and_change_everything(splits) -> None:
     assert one.history["server_acc"].tolist() == cmp.results[2].history["server_acc"].tolist()
     with pytest.raises(ValueError, match="splits=None"):
         experiments.compare(base, splits, ["fedavg"], ["iid"], seeds=[0, 1])
+
+
+@pytest.mark.parametrize("algorithm", ["reft", "fedavg"])
+def test_diagnostics_every_k_rounds_leave_the_training_alone(splits, algorithm) -> None:
+    every = _run(splits, algorithm=algorithm, rounds=3, eval_clients=True).history
+    last = _run(splits, algorithm=algorithm, rounds=3, eval_clients=True, diagnostics_every=0).history
+    assert last["server_acc"].tolist() == every["server_acc"].tolist()
+    assert last["client_acc_mean"].isna().tolist() == [True, True, False]
+    assert last["client_acc_mean"].iloc[-1] == every["client_acc_mean"].iloc[-1]
+    if algorithm == "reft":
+        assert last["ensemble_acc"].isna().tolist() == [True, True, False]
+        assert last["ensemble_acc"].iloc[-1] == every["ensemble_acc"].iloc[-1]

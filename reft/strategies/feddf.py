@@ -91,8 +91,11 @@ class FedDF(Strategy):
         pub, test = fed.public_x, fed.test_for(rnd)
         with bench.phase("server: teacher passes", teachers, pub, len(pub)):
             targets = distill.teacher_outputs(teachers, pub, w, c.ensemble, c.temperature)  # once per round
-        with bench.phase("server: ensemble on test (diagnostic)", teachers, test.x, len(test.x)):
-            ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
+        ens_acc = float("nan")
+        if fed.diagnose(rnd):
+            with bench.phase("server: ensemble on test (diagnostic)", teachers, test.x, len(test.x)):
+                ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
+            ens_acc = (ens.argmax(1) == test.y).float().mean().item()
         epochs = []
         flops = sum(fed.work_flops(t, len(fed.public_x)) for t in teachers)  # server work (test pass: diagnostic)
         for g, model in enumerate(self.groups.values()):
@@ -104,7 +107,7 @@ class FedDF(Strategy):
             epochs.append(res.best_epoch)
             flops += fed.work_flops(model, res.samples, training=True) + fed.work_flops(model, res.val_samples)
         return {
-            "ensemble_acc": (ens.argmax(1) == test.y).float().mean().item(),
+            "ensemble_acc": ens_acc,
             "distill_epochs": float(sum(epochs)) / len(epochs),
             "groups": float(len(self.groups)),
             "server_flops": flops,
