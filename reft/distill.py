@@ -169,14 +169,13 @@ def distill(
 
     torch.manual_seed(seed)
     fmt = memory_format(student)
-    student.to(memory_format=fmt)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     budget = epochs * -(-len(x_tr) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, budget)) if schedule == "cosine" else None
     result = DistillResult()
     best_score, best_state, bad = float("inf"), None, 0
     for epoch in tqdm(range(epochs), desc="distill", disable=not progress, leave=False):
-        student.train()
+        student.to(memory_format=fmt).train()  # each epoch: validation's predict() leaves it channels_last
         perm = torch.randperm(len(x_tr), generator=gen)
         with bench.phase("server: distillation", student, x_tr, len(x_tr), True):
             for i in range(0, len(x_tr), batch_size):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from reft import stats
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PROFILE = "fmnist"
@@ -28,8 +30,11 @@ METHODS = {
 }
 
 
-def results(name: str, profile: str = PROFILE) -> pd.DataFrame:
-    return pd.read_csv(ROOT / "results" / profile / f"{name}.csv")
+RESULTS = ROOT / "results"  # tests may point this at other results
+
+
+def results(name: str, profile: str | None = None) -> pd.DataFrame:
+    return pd.read_csv(RESULTS / (profile or PROFILE) / f"{name}.csv")
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -43,24 +48,149 @@ def fmt(x: float, spec: str, missing: str = "not reached") -> str:
     return missing if pd.isna(x) else format(x, spec)
 
 
+def pm(mean: float, low: float, high: float, scale: float = 100, spec: str = ".1f") -> str:
+    """``mean ± half-width`` of a 95% interval (just the mean when there is no interval: one seed)."""
+    if pd.isna(low) or pd.isna(high):
+        return format(scale * mean, spec)
+    return f"{format(scale * mean, spec)} ± {format(scale * (high - low) / 2, spec)}"
+
+
+def interval(mean: float, low: float, high: float) -> str:
+    """A paired difference in points with its 95% interval: ``+1.2 [-0.3, +2.7]``."""
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
 def main_results() -> str:
-    """Notebook 03: every method on both partitions."""
-    t = results("03_comparison")
-    (target_col,) = [c for c in t.columns if c.startswith("sim_time_to_")]
-    target = float(target_col.removeprefix("sim_time_to_").removesuffix("_s"))
-    return markdown(
-        pd.DataFrame(
-            {
-                "partition": t["partition"],
-                "method": t["method"].map(METHODS),
-                "final acc (%)": (100 * t["final_acc"]).map(lambda v: fmt(v, ".1f")),
-                "MB up": t["mb_up"].map(lambda v: fmt(v, ".2f")),
-                "MB down": t["mb_down"].map(lambda v: fmt(v, ".2f")),
-                f"sim. time to {100 * target:g}% (s)": t[target_col].map(lambda v: fmt(v, ".2f")),
-                "sim. time, all rounds (s)": t["sim_time_s"].map(lambda v: fmt(v, ".2f")),
-            }
-        )
-    )
+    """Notebook 03 over paired seeds: mean ± 95% half-width, and every method against REFT."""
+    s, v = results("03_summary"), results("03_versus")
+    (target_col,) = [c for c in s.columns if c.startswith("sim_time_to_") and c.endswith("_s_mean")]
+    target = target_col.removeprefix("sim_time_to_").removesuffix("_s_mean")
+    t = s.merge(v, on=["partition", "method"], how="left")
+    rows = []
+    for d in t.to_dict("records"):
+        reached = d[target_col.replace("_mean", "_n")]
+        rows.append({
+            "partition": d["partition"],
+            "method": METHODS.get(d["method"], d["method"]),
+            "seeds": int(d["final_acc_n"]),
+            "final acc (%), mean ± 95% CI": pm(d["final_acc_mean"], d["final_acc_ci_low"], d["final_acc_ci_high"]),
+            "method − REFT (points), 95% CI": "reference" if pd.isna(d["diff_mean"]) else interval(
+                d["diff_mean"], d["diff_ci_low"], d["diff_ci_high"]),
+            "verdict vs REFT": "-" if pd.isna(d["verdict"]) else d["verdict"],
+            "MB up": fmt(d["mb_up_mean"], ".2f"),
+            "MB down": fmt(d["mb_down_mean"], ".2f"),
+            f"sim. time to {100 * float(target):g}% (s), seeds reaching it": (
+                f"{fmt(d[target_col], '.2f')} ({reached}/{int(d['final_acc_n'])})"),
+        })  # fmt: skip
+    return markdown(pd.DataFrame(rows))
+
+
+def where_reft_stands() -> str:
+    """Notebook 03: for each partition, which methods REFT beats, loses to, ties or cannot be told from,
+    by the rule of reft/stats.py on the paired intervals of 03_versus.csv (method - REFT)."""
+    v = results("03_versus")
+    as_reft = {"better": "worse", "worse": "better", "on par": "on par", "inconclusive": "inconclusive"}
+    lines = ["| partition | REFT is better than | REFT is worse than | on par (within ±1 point) | inconclusive |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for part, g in v.groupby("partition", sort=False):
+        cell = {k: [] for k in ("better", "worse", "on par", "inconclusive")}
+        for r in g.itertuples(index=False):
+            cell[as_reft[r.verdict]].append(
+                f"{METHODS.get(r.method, r.method)} ({interval(-r.diff_mean, -r.diff_ci_high, -r.diff_ci_low)})"
+            )
+        lines.append(f"| {part} | " + " | ".join(", ".join(cell[k]) or "-" for k in cell) + " |")
+    return "\n".join(lines)
+
+
+def _reft_vs(v: pd.DataFrame, method: str) -> dict[str, tuple[str, str]]:
+    """Per partition: REFT against ``method`` (REFT - method in points with its interval) and the verdict
+    of REFT by the rule of reft/stats.py (03_versus.csv holds method - REFT: the interval flips)."""
+    flip = {"better": "worse", "worse": "better", "on par": "on par", "inconclusive": "inconclusive"}
+    out = {}
+    for r in v[v["method"] == method].itertuples(index=False):
+        out[r.partition] = (interval(-r.diff_mean, -r.diff_ci_high, -r.diff_ci_low), flip[r.verdict])
+    return out
+
+
+def claim_rows() -> list[dict[str, str]]:
+    """The paper's abstract claims, each with what was measured and a verdict computed by a stated rule."""
+    costs, comp, v = results("01_costs"), results("03_comparison"), results("03_versus")
+    pruned = costs[costs["ratio"] > 0]
+    at = costs.set_index("ratio")
+    n_seeds = comp["seed"].nunique()
+    reft, fedavg = comp[comp["method"] == "reft"], comp[comp["method"] == "fedavg"]
+    key = ["partition", "seed"]
+    pair = reft.merge(fedavg, on=key, suffixes=("", "_fedavg"))
+    least_down = comp.loc[comp.groupby(key)["mb_down"].idxmin()]
+    tier_cols = [c for c in comp.columns if c.startswith("client_gflops[")]
+    weakest = tier_cols[-1]
+    acc_vs = _reft_vs(v, "fedavg")
+    kd = {p: stats.paired(g["client_acc_mean"], g["final_acc"]) for p, g in reft.groupby("partition", sort=False)}
+    as_claim = {"better": "reproduced (REFT better)", "on par": "reproduced (on par)",
+                "worse": "not reproduced (REFT worse)", "inconclusive": "inconclusive"}  # fmt: skip
+    verdict_acc = "; ".join(f"{p}: {as_claim[vd]}" for p, (_, vd) in acc_vs.items())
+    return [
+        {
+            "claim of the paper's abstract": "Variable pruning cuts model size",
+            "measured here": f"ratio 0.5 keeps {100 * at.loc[0.5, 'params_fraction']:.1f}% of the parameters "
+            f"({100 * at.loc[0.5, 'bytes_fraction']:.1f}% of the bytes), ratio 0.9 keeps "
+            f"{100 * at.loc[0.9, 'params_fraction']:.1f}% ({100 * at.loc[0.9, 'bytes_fraction']:.1f}%); channels are "
+            "removed, not masked",
+            "rule": "every pruned model has fewer parameters and bytes than the dense one",
+            "verdict": "reproduced"
+            if (pruned["params_fraction"] < 1).all() and (pruned["bytes_fraction"] < 1).all()
+            else "not reproduced",
+        },
+        {
+            "claim of the paper's abstract": "... and FLOPs",
+            "measured here": f"ratio 0.5 keeps {100 * at.loc[0.5, 'flops_fraction']:.1f}% of the FLOPs, ratio 0.9 "
+            f"{100 * at.loc[0.9, 'flops_fraction']:.1f}%; per round a {weakest[14:-11]} client trains "
+            f"{reft[weakest].mean():.2f} GFLOPs under REFT, {fedavg[weakest].mean():.2f} under FedAvg (mean over "
+            "partitions and seeds)",
+            "rule": "every pruned model has fewer FLOPs; the weakest tier computes less than under FedAvg in every run",
+            "verdict": "reproduced"
+            if (pruned["flops_fraction"] < 1).all() and (pair[weakest] < pair[f"{weakest}_fedavg"]).all()
+            else "not reproduced",
+        },
+        {
+            "claim of the paper's abstract": "Bandwidth is cut (no global model travels down every round)",
+            "measured here": f"MB down in {int(comp['rounds'].iloc[0])} rounds, mean over {n_seeds} seeds and both "
+            f"partitions: REFT {reft['mb_down'].mean():.2f}, FedAvg {fedavg['mb_down'].mean():.2f}; up + down "
+            f"{reft['mb_total'].mean():.2f} vs {fedavg['mb_total'].mean():.2f}",
+            "rule": "REFT moves fewer bytes down and in all than FedAvg in every (partition, seed)",
+            "verdict": "reproduced"
+            if (pair["mb_down"] < pair["mb_down_fedavg"]).all() and (pair["mb_total"] < pair["mb_total_fedavg"]).all()
+            else "not reproduced",
+        },
+        {
+            "claim of the paper's abstract": "Accuracy is maintained",
+            "measured here": "final accuracy, REFT − FedAvg (points, 95% CI over seeds): "
+            + "; ".join(f"{p} {iv}" for p, (iv, _) in acc_vs.items()),
+            "rule": "per partition, REFT's verdict against FedAvg by the rule above (reproduced only where on par or "
+            "better)",
+            "verdict": verdict_acc,
+        },
+        {
+            "claim of the paper's abstract": "Better downstream efficiency than the baselines",
+            "measured here": "MB down, mean: "
+            + ", ".join(f"{METHODS[m]} {g['mb_down'].mean():.2f}" for m, g in comp.groupby("method", sort=False)),
+            "rule": "REFT has the fewest bytes down of all methods in every (partition, seed)",
+            "verdict": "reproduced" if (least_down["method"] == "reft").all() else "not reproduced",
+        },
+        {
+            "claim of the paper's abstract": "Heterogeneous architectures train together",
+            "measured here": "distilled server − mean client model (points, 95% CI over seeds): "
+            + "; ".join(f"{p} {interval(d.mean, d.low, d.high)}" for p, d in kd.items()),
+            "rule": "the distilled dense model is better than the mean of the pruned client models (paired rule)",
+            "verdict": "; ".join(
+                f"{p}: {'reproduced' if d.verdict == 'better' else as_claim[d.verdict]}" for p, d in kd.items()
+            ),
+        },
+    ]
+
+
+def claims() -> str:
+    return markdown(pd.DataFrame(claim_rows()))
 
 
 def gflops_by_tier() -> str:
@@ -152,10 +282,37 @@ def speedups() -> str:
     )
 
 
+def verdict_problems(text: str, versus: pd.DataFrame) -> list[str]:
+    """Rows of the README's main table whose verdict is not what the rule of reft/stats.py gives for the
+    interval in ``versus`` (03_versus.csv), or that name a comparison the CSV does not hold. Independent
+    of :func:`main_results`: it reads the printed table back."""
+    body = text.split("<!-- BEGIN main-results -->")[1].split("<!-- END main-results -->")[0]
+    lines = [ln for ln in body.strip().splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    name_of = {v: k for k, v in METHODS.items()}
+    csv = versus.set_index(["partition", "method"])
+    problems = []
+    for ln in lines[2:]:
+        row = dict(zip(header, [c.strip() for c in ln.strip().strip("|").split("|")], strict=True))
+        if row["verdict vs REFT"] == "-":
+            continue
+        key = (row["partition"], name_of.get(row["method"], row["method"]))
+        if key not in csv.index:
+            problems.append(f"{key}: not in 03_versus.csv")
+            continue
+        r = csv.loc[key]
+        expected = stats.verdict(float(r["diff_ci_low"]), float(r["diff_ci_high"]))
+        if row["verdict vs REFT"] != expected or r["verdict"] != expected:
+            problems.append(f"{key}: README says {row['verdict vs REFT']!r}, the rule gives {expected!r}")
+    return problems
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "speedups": speedups,
     "peer-fidelity": peer_fidelity,
     "main-results": main_results,
+    "where-reft-stands": where_reft_stands,
+    "claims": claims,
     "gflops-by-tier": gflops_by_tier,
     "tiers": tiers,
     "run-times": run_times,
