@@ -282,6 +282,56 @@ def speedups() -> str:
     )
 
 
+def selection() -> str:
+    """Notebook 02: REFT's server-model choices on the same federation, against kd_loss, paired by seed."""
+    s, v = results("02_selection_summary"), results("02_selection_versus")
+    t = s.merge(v, on=["partition", "variant"], how="left")
+    return markdown(
+        pd.DataFrame(
+            {
+                "partition": t["partition"],
+                "variant": t["variant"],
+                "seeds": t["final_acc_n"],
+                "final acc (%), mean ± 95% CI": [
+                    pm(m, lo, hi)
+                    for m, lo, hi in zip(
+                        t["final_acc_mean"], t["final_acc_ci_low"], t["final_acc_ci_high"], strict=True
+                    )
+                ],  # fmt: skip
+                "largest one-round drop (points), mean": (100 * t["largest_drop_mean"]).map(lambda x: f"{x:.1f}"),
+                "variant − kd_loss (points), 95% CI": [
+                    "reference" if pd.isna(m) else interval(m, lo, hi)
+                    for m, lo, hi in zip(t["diff_mean"], t["diff_ci_low"], t["diff_ci_high"], strict=True)
+                ],
+                "verdict vs kd_loss": t["verdict"].fillna("-"),
+            }
+        )
+    )
+
+
+def bench() -> str:
+    """python -m reft.bench before and after the speed work (results/fmnist/bench_before.csv, bench_after.csv):
+    per phase of REFT and FedAvg rounds, seconds, share and achieved GFLOP/s against the sustained rate."""
+    b, a = results("bench_before"), results("bench_after")
+    rows = []
+    for alg in ("reft", "fedavg"):
+        bb, aa = b[b["algorithm"] == alg].set_index("phase"), a[a["algorithm"] == alg].set_index("phase")
+        for ph in aa.index:
+            before = bb.loc[ph] if ph in bb.index else None
+            rows.append({
+                "method": METHODS[alg],
+                "phase": ph,
+                "before: s (share)": "-" if before is None else f"{before['seconds']:.2f} ({before['share_pct']:.0f}%)",
+                "after: s (share)": f"{aa.loc[ph, 'seconds']:.2f} ({aa.loc[ph, 'share_pct']:.0f}%)",
+                "after: GFLOP/s": fmt(aa.loc[ph, "gflop_per_s"], ".0f", "-"),
+                "after: % of sustained": fmt(aa.loc[ph, "pct_of_sustained"], ".0f", "-"),
+            })  # fmt: skip
+        total = {"before: s (share)": f"{bb['seconds'].sum():.2f}", "after: s (share)": f"{aa['seconds'].sum():.2f}"}
+        rows.append({"method": METHODS[alg], "phase": "**all phases**", **total,
+                     "after: GFLOP/s": "-", "after: % of sustained": "-"})  # fmt: skip
+    return markdown(pd.DataFrame(rows))
+
+
 def verdict_problems(text: str, versus: pd.DataFrame) -> list[str]:
     """Rows of the README's main table whose verdict is not what the rule of reft/stats.py gives for the
     interval in ``versus`` (03_versus.csv), or that name a comparison the CSV does not hold. Independent
@@ -316,6 +366,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "gflops-by-tier": gflops_by_tier,
     "tiers": tiers,
     "run-times": run_times,
+    "bench": bench,
+    "selection": selection,
 }
 
 
