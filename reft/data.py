@@ -59,6 +59,10 @@ class Data:
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return Data(self.x[idx], None if self.y is None else self.y[idx])
 
+    def to(self, device: str | torch.device) -> Data:
+        """The same data on ``device`` (the same tensors, not copies, when they are there already)."""
+        return Data(self.x.to(device), None if self.y is None else self.y.to(device))
+
 
 @dataclass(frozen=True)
 class Splits:
