@@ -15,6 +15,7 @@ import torch
 from reft import comm, data, distill, engine, models, strategies, train
 from reft.config import RunConfig
 from reft.federation import Federation
+from reft.flower import config as fconfig
 
 DEVICES = train.available_devices()
 HERE = ", ".join(DEVICES)
@@ -118,3 +119,13 @@ def test_amp_is_a_no_op_off_cuda_and_says_so(small: data.Splits) -> None:
     assert weights[0] == weights[1]
     with pytest.warns(UserWarning, match="amp has no effect on cpu"):
         engine.warn_amp(RunConfig(amp=True, device="cpu"), torch.device("cpu"))
+
+
+def test_flower_config_carries_device_and_amp_and_a_node_picks_its_own_device() -> None:
+    cfg = RunConfig(device="cpu", amp=True, progress=False)
+    assert fconfig.from_user_config(fconfig.to_user_config(cfg))[0] == cfg
+    user = fconfig.to_user_config(RunConfig(device="cpu", progress=False))
+    assert fconfig.for_node(user, {"partition-id": 0})[0].device == "auto"  # the node's default, not the server's
+    assert fconfig.for_node(user, {"device": "cpu"})[0].device == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        fconfig.for_node(user, {"device": "tpu"})

@@ -106,6 +106,12 @@ def from_user_config(user: Mapping[str, object]) -> tuple[RunConfig, FlowerOptio
     return RunConfig(**kw), opts
 
 
+def for_node(user: Mapping[str, object], node_config: Mapping[str, object]) -> tuple[RunConfig, FlowerOptions]:
+    """What a SuperNode runs: :func:`from_user_config` with ``device`` replaced by the node's own (node
+    config key ``device``, default ``"auto"``); the run config's ``device`` is where the server computes."""
+    return from_user_config({**user, "device": str(node_config.get("device", "auto"))})
+
+
 def pyproject_toml(cfg: RunConfig, options: FlowerOptions | None = None, name: str = "reft-flower") -> str:
     """The ``pyproject.toml`` of a Flower App that runs REFT with ``cfg`` as its default run config.
 
@@ -139,4 +145,4 @@ def signature(cfg: RunConfig) -> str:
     return json.dumps({k: getattr(cfg, k) for k in keep}, sort_keys=True)
 
 
-__all__ = ["FlowerOptions", "to_user_config", "from_user_config", "pyproject_toml", "signature"]
+__all__ = ["FlowerOptions", "to_user_config", "from_user_config", "for_node", "pyproject_toml", "signature"]
