@@ -134,6 +134,7 @@ class RunConfig:
     lr: float = 0.05
     batch_size: int = 64
     dropout: float = 0.0  # fraction of clients that drop out of each round, drawn at random
+    augment: bool | None = None  # random crop + flip in local training; None: by dataset (CIFAR yes, FMNIST no)
     # server distillation (REFT)
     temperature: float = 1.0
     ensemble: str = "logits"
@@ -177,6 +178,12 @@ class RunConfig:
         errors = [*mistyped.values(), *_value_errors(SimpleNamespace(**values), mistyped)]
         if errors:
             raise ValueError("Invalid RunConfig: " + "; ".join(errors) + ".")
+
+    @property
+    def augments(self) -> bool:
+        """Whether local training augments: ``augment``, or when None the dataset's default
+        (:data:`reft.data.AUGMENT_BY_DEFAULT`: on for CIFAR-10, off for Fashion-MNIST)."""
+        return self.augment if self.augment is not None else data.AUGMENT_BY_DEFAULT.get(self.dataset, False)
 
     def replace(self, **changes) -> RunConfig:
         """A validated copy with some fields changed."""

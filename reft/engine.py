@@ -270,13 +270,13 @@ def client_update(
     (in-process, Flower) calls this, so the same seed trains identically everywhere. ``strategy``
     and ``options`` (its :meth:`~reft.strategies.Strategy.local_options` for this client) let an
     algorithm change local training, e.g. HeteroFL's Scaler and masked cross-entropy. The model trains on
-    ``RunConfig.device`` (moved there in place)."""
+    ``RunConfig.device`` (moved there in place), augmented as ``RunConfig.augments`` says."""
     seed = cfg.seed * 100_003 + rnd * 1_009 + cid
     ctx = strategy.local_training(model, y, options or {}) if strategy is not None else nullcontext(None)
     with ctx as loss_fn:
         return train.fit(
             model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, loss_fn=loss_fn,
-            device=cfg.device, amp=cfg.amp,
+            device=cfg.device, augment=cfg.augments, amp=cfg.amp,
         )  # fmt: skip
 
 

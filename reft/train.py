@@ -11,7 +11,8 @@ pruned models train up to 1.7x faster that way). :func:`memory_format` holds the
 Devices: every loop takes a ``device`` (``"cpu"`` by default; ``"auto"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``
 go through :func:`resolve_device`) and moves the model there in place; data may already be there (then
 nothing is copied) or anywhere else (then each batch is moved). ``amp`` turns on bf16 autocast, on CUDA
-only (:func:`autocast`).
+only (:func:`autocast`). ``augment`` in :func:`fit` is the CIFAR recipe's random crop and flip
+(:func:`crop_flip`), drawn from a generator of its own seeded from ``seed``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from reft import data
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -45,6 +48,7 @@ class FitResult:
 
 
 PREDICT_BATCH = 128
+CROP_PAD = 4  # pixels of zero padding around a CIFAR image before the random 32 x 32 crop
 _DEVICE = re.compile(r"cpu|mps|cuda(:(0|[1-9][0-9]*))?")
 
 
@@ -85,6 +89,32 @@ def autocast(device: torch.device, amp: bool) -> AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
 
 
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> torch.Tensor:
+    """Each image of the batch ``x`` (N x C x H x W) randomly cropped back to H x W after ``pad`` pixels of
+    zero padding (zero is the mean colour of normalized data), and mirrored left-right with probability
+    1/2. Offsets and flips are drawn on the CPU from ``gen`` (the same crops on every device); one
+    gather for the whole batch."""
+    if x.dim() != 4:
+        raise ValueError(f"Augmentation needs image batches (N x C x H x W); got shape {tuple(x.shape)}.")
+    n, c, h, w = x.shape
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen)
+    flip = torch.rand(n, 1, generator=gen) < 0.5
+    rows = dy + torch.arange(h)
+    cols = torch.where(flip, dx + torch.arange(w - 1, -1, -1), dx + torch.arange(w))  # a flip reads columns backwards
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _augment_generator(seed: int) -> torch.Generator:
+    # A stream of its own (one LCG step from the seed): shuffling stays as without augmentation, and
+    # client seeds that differ by one (cid, cid + 1) do not share a stream.
+    return torch.Generator().manual_seed((seed * 6364136223846793005 + 1442695040888963407) % 2**63)
+
+
 def memory_format(model: nn.Module) -> torch.memory_format:
     """The layout :func:`fit` trains ``model`` in: ``channels_last`` when every conv width is a multiple
     of 8 (or there is no conv), else ``contiguous_format`` (see the module docstring for the figures)."""
@@ -112,6 +142,7 @@ def fit(
     device: str | torch.device = "cpu",
     progress: bool = False,
     desc: str = "train",
+    augment: bool = False,
     amp: bool = False,
 ) -> FitResult:
     """Train ``model`` in place with mini-batch SGD on tensors ``x`` and targets ``y``.
@@ -121,7 +152,8 @@ def fit(
     rate annealed to 0 over all steps). ``on_epoch(epoch, mean_loss)`` is called after each epoch.
     Shuffling and any randomness in the model are seeded by ``seed``, so the same call on the same
     machine gives the same weights. A NaN or infinite batch loss stops training before that step
-    (``FitResult.diverged``); the weights are left as they were, finite or not. ``amp``: bf16 autocast
+    (``FitResult.diverged``); the weights are left as they were, finite or not. ``augment``: every batch
+    is randomly cropped and flipped (:func:`crop_flip`, seeded by ``seed`` too); ``amp``: bf16 autocast
     on CUDA (:func:`autocast`). The model moves to ``device`` in place.
     """
     if len(x) != len(y):
@@ -136,6 +168,7 @@ def fit(
     dev = resolve_device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    aug = _augment_generator(seed) if augment else None
     fmt = memory_format(model)
     model.to(device=dev, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -152,6 +185,8 @@ def fit(
             for i in range(0, len(x), batch_size):
                 xb, yb = x[ox[i : i + batch_size]], y[oy[i : i + batch_size]]
                 nb = len(yb)
+                if aug is not None:
+                    xb = crop_flip(xb, aug)
                 xb, yb = _fmt(xb, fmt).to(dev), yb.to(dev)
                 with autocast(dev, amp):
                     loss = loss_fn(model(xb), yb)
@@ -196,12 +231,13 @@ def predict(
 
 
 def train_central(
-    model: nn.Module, splits: Any, epochs: int, seed: int = 0, progress: bool = True,
+    model: nn.Module, splits: Any, epochs: int, seed: int = 0, progress: bool = True, augment: bool | None = None,
     device: str | torch.device = "auto", **fit_kw: Any,
 ) -> pd.DataFrame:  # fmt: skip
     """Train on all of ``splits.private_train`` (no federation): the reference every federated run is
     compared to. Returns one row per epoch: loss, test accuracy, cumulative seconds of training.
-    ``device`` as ``RunConfig.device`` (default ``"auto"``); the data move there once."""
+    ``augment`` as in :func:`fit`; None: as a run of that dataset would (:data:`reft.data.AUGMENT_BY_DEFAULT`,
+    as ``RunConfig.augment``). ``device`` as ``RunConfig.device`` (default ``"auto"``); the data move there once."""
     rows: list[dict] = []
     clock = {"start": time.perf_counter(), "eval": 0.0}
 
@@ -214,7 +250,10 @@ def train_central(
     dev = resolve_device(device)
     x, y = splits.private_train.x.to(dev), splits.private_train.y.to(dev)
     test = splits.test.to(dev)
-    fit(model, x, y, epochs=epochs, seed=seed, on_epoch=log, progress=progress, desc="central", device=dev, **fit_kw)
+    if augment is None:
+        augment = data.AUGMENT_BY_DEFAULT.get(getattr(splits, "name", ""), False)
+    fit(model, x, y, epochs=epochs, seed=seed, on_epoch=log, progress=progress, desc="central", augment=augment,
+        device=dev, **fit_kw)  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -66,7 +66,7 @@ def test_models_and_batches_stay_on_the_device_through_fit_predict_and_distill(n
     x = torch.randn(48, 1, 28, 28, generator=gen).to(dev)
     y = torch.randint(0, 10, (48,), generator=gen).to(dev)
     model = models.build("cnn", widths=[4, 8, 16, 16])
-    res = train.fit(model, x, y, epochs=1, batch_size=16, device=dev)
+    res = train.fit(model, x, y, epochs=1, batch_size=16, device=dev, augment=True)
     assert res.samples == 48 and _on(model, dev)
     out = train.predict(model, x, device=dev)
     assert out.device.type == dev.type and out.shape == (48, 10) and out.dtype == torch.float32
@@ -121,9 +121,12 @@ def test_amp_is_a_no_op_off_cuda_and_says_so(small: data.Splits) -> None:
         engine.warn_amp(RunConfig(amp=True, device="cpu"), torch.device("cpu"))
 
 
-def test_flower_config_carries_device_and_amp_and_a_node_picks_its_own_device() -> None:
-    cfg = RunConfig(device="cpu", amp=True, progress=False)
-    assert fconfig.from_user_config(fconfig.to_user_config(cfg))[0] == cfg
+def test_flower_config_carries_device_amp_and_optional_augment_and_a_node_picks_its_own_device() -> None:
+    for augment in (None, True, False):
+        cfg = RunConfig(device="cpu", amp=True, augment=augment, progress=False)
+        user = fconfig.to_user_config(cfg)
+        assert user["augment"] == {None: "", True: "true", False: "false"}[augment]
+        assert fconfig.from_user_config(user)[0] == cfg
     user = fconfig.to_user_config(RunConfig(device="cpu", progress=False))
     assert fconfig.for_node(user, {"partition-id": 0})[0].device == "auto"  # the node's default, not the server's
     assert fconfig.for_node(user, {"device": "cpu"})[0].device == "cpu"

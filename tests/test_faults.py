@@ -325,6 +325,7 @@ BAD_CONFIG = {
     "profile": (None, None), "progress": (1, None), "server_tier": (1, None), "checkpoint_every": ("1", -1),
     "final_test": (1, None),
     "resume": ("no", None), "keep_checkpoints": (0, None), "device": (0, "nope"), "amp": ("yes", None),
+    "augment": ("on", None),
 }  # fmt: skip
 
 
