@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from types import SimpleNamespace
 from typing import Any
 
-from reft import data, distill, models, pruning, strategies
+from reft import data, distill, models, pruning, strategies, train
 
 POLICIES = ("proportional", "deadline")
 WEIGHTINGS = ("uniform", "samples")
@@ -65,6 +65,8 @@ def _value_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
         errors.append(f"unknown policy {c.policy!r}; valid policies: {', '.join(POLICIES)}")
     if c.ensemble not in distill.MODES:
         errors.append(f"unknown ensemble {c.ensemble!r}; valid: {', '.join(distill.MODES)}")
+    if (problem := train.device_problem(c.device)) is not None:
+        errors.append(problem)
     if c.weighting is not None and c.weighting not in WEIGHTINGS:
         errors.append(f"unknown weighting {c.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
     checks = [
@@ -124,12 +126,16 @@ class RunConfig:
     deadline_s: float | None = None  # "deadline" policy without one: the tightest every tier can meet
     server_tier: str | None = None  # the server's hardware, for simulated server time (None: the strongest tier)
     importance: str = "l2"
+    # where the run computes: "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N" or "mps"
+    device: str = "auto"
+    amp: bool = False  # bf16 autocast where the device is CUDA; elsewhere no effect (warned by the engine)
     # rounds and local training
     rounds: int = 5
     local_epochs: int = 1
     lr: float = 0.05
     batch_size: int = 64
     dropout: float = 0.0  # fraction of clients that drop out of each round, drawn at random
+    augment: bool | None = None  # random crop + flip in local training; None: by dataset (CIFAR yes, FMNIST no)
     # server distillation (REFT)
     temperature: float = 1.0
     ensemble: str = "logits"
@@ -174,6 +180,12 @@ class RunConfig:
         errors = [*mistyped.values(), *_value_errors(SimpleNamespace(**values), mistyped)]
         if errors:
             raise ValueError("Invalid RunConfig: " + "; ".join(errors) + ".")
+
+    @property
+    def augments(self) -> bool:
+        """Whether local training augments: ``augment``, or when None the dataset's default
+        (:data:`reft.data.AUGMENT_BY_DEFAULT`: on for CIFAR-10, off for Fashion-MNIST)."""
+        return self.augment if self.augment is not None else data.AUGMENT_BY_DEFAULT.get(self.dataset, False)
 
     def replace(self, **changes) -> RunConfig:
         """A validated copy with some fields changed."""

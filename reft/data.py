@@ -29,6 +29,9 @@ import torch
 import torchvision
 
 DATASETS = ("fashion-mnist", "cifar10")
+# Whether local training augments (random crop and flip) when RunConfig.augment is None: the published
+# CIFAR recipes do; Fashion-MNIST is usually trained without (and small images gain little from crops).
+AUGMENT_BY_DEFAULT = {"fashion-mnist": False, "cifar10": True}
 SCHEMES = ("iid", "dirichlet", "shards")
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -58,6 +61,10 @@ class Data:
     def take(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> Data:
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return Data(self.x[idx], None if self.y is None else self.y[idx])
+
+    def to(self, device: str | torch.device) -> Data:
+        """The same data on ``device`` (the same tensors, not copies, when they are there already)."""
+        return Data(self.x.to(device), None if self.y is None else self.y.to(device))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ Three pieces, as in FedDF and REFT:
 * :func:`distill`: trains a student on the public set against the ensemble's soft targets, keeping
   a held-out slice of the public set for early stopping. The teachers run once per call, not once
   per student epoch.
+
+Both run on a ``device`` (as :mod:`reft.train`'s loops: the models move there in place; the public set
+and the teacher outputs are moved there once if they are elsewhere) with optional bf16 ``amp`` on CUDA.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reft import bench
-from reft.train import evaluate, memory_format, predict
+from reft.train import autocast, evaluate, memory_format, predict, resolve_device
 
 MODES = ("logits", "probs")
 #: How :func:`distill` picks the epoch it keeps, label-free, on the held-out public slice: the lowest KD
@@ -70,7 +73,7 @@ def ensemble_logits(
     w = torch.ones(len(z)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     if w.shape != (len(z),) or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights must be {len(z)} non-negative numbers, not all zero; got {w.tolist()}.")
-    w = (w / w.sum()).view(-1, 1, 1)
+    w = (w / w.sum()).view(-1, 1, 1).to(z.device)
     if mode == "logits":
         return (w * z).sum(0)
     probs = (w * F.softmax(z / temperature, dim=2)).sum(0)
@@ -89,11 +92,14 @@ def teacher_outputs(
     weights: Sequence[float] | None = None,
     mode: str = "logits",
     temperature: float = 1.0,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
 ) -> torch.Tensor:
-    """Run every teacher once on ``x`` and combine them with :func:`ensemble_logits`."""
+    """Run every teacher once on ``x`` (on ``device``) and combine them with :func:`ensemble_logits`;
+    the result is on ``device``."""
     if len(teachers) == 0:
         raise ValueError("Distillation needs at least one teacher model.")
-    return ensemble_logits([predict(t, x) for t in teachers], weights, mode, temperature)
+    return ensemble_logits([predict(t, x, device=device, amp=amp) for t in teachers], weights, mode, temperature)
 
 
 @dataclass
@@ -128,6 +134,8 @@ def distill(
     select: str = "kd_loss",
     seed: int = 0,
     progress: bool = False,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
 ) -> DistillResult:
     """Train ``student`` in place to match the ensemble of ``teachers`` on unlabelled ``public_x``.
 
@@ -137,6 +145,8 @@ def distill(
     (training stops after ``patience`` epochs in a row without improvement). Adam, as in FedDF.
     ``schedule="cosine"`` anneals the learning rate to 0 over the step budget (``epochs`` x batches
     per epoch), stepped every batch; ``clip_grad`` clips the gradient norm (FedDF's code: cosine, 5).
+    Student, teachers and data work on ``device`` (the student moves there in place); ``amp``: bf16
+    autocast on CUDA.
     """
     _check_temperature(temperature)
     if len(public_x) == 0:
@@ -152,16 +162,18 @@ def distill(
             f"schedule must be 'constant' or 'cosine' and clip_grad > 0 or None; got {schedule!r}, {clip_grad}."
         )
     t0 = time.perf_counter()
+    dev = resolve_device(device)
+    public_x = public_x.to(dev)
     if isinstance(teachers, torch.Tensor):
         if len(teachers) != len(public_x):
             raise ValueError(f"Teacher outputs ({len(teachers)}) and public set ({len(public_x)}) differ in length.")
-        out = teachers
+        out = teachers.to(dev)
     else:
-        out = teacher_outputs(teachers, public_x, weights, mode, temperature)
+        out = teacher_outputs(teachers, public_x, weights, mode, temperature, dev, amp)
     targets = soft_targets(out, temperature)
 
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(public_x), generator=gen)
+    order = torch.randperm(len(public_x), generator=gen).to(dev)
     n_val = int(len(public_x) * val_fraction) if len(public_x) > 1 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
     x_tr, t_tr = public_x[train_idx], targets[train_idx]
@@ -169,6 +181,7 @@ def distill(
 
     torch.manual_seed(seed)
     fmt = memory_format(student)
+    student.to(device=dev, memory_format=fmt)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     budget = epochs * -(-len(x_tr) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, budget)) if schedule == "cosine" else None
@@ -176,12 +189,13 @@ def distill(
     best_score, best_state, bad = float("inf"), None, 0
     for epoch in tqdm(range(epochs), desc="distill", disable=not progress, leave=False):
         student.to(memory_format=fmt).train()  # each epoch: validation's predict() leaves it channels_last
-        perm = torch.randperm(len(x_tr), generator=gen)
+        perm = torch.randperm(len(x_tr), generator=gen).to(dev)
         with bench.phase("server: distillation", student, x_tr, len(x_tr), True):
             for i in range(0, len(x_tr), batch_size):
                 idx = perm[i : i + batch_size]
                 xb = x_tr[idx].contiguous(memory_format=fmt) if x_tr.dim() == 4 else x_tr[idx]
-                loss = kd_loss(student(xb), t_tr[idx], temperature)
+                with autocast(dev, amp):
+                    loss = kd_loss(student(xb), t_tr[idx], temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip_grad is not None:
@@ -195,7 +209,7 @@ def distill(
             result.best_epoch = epoch + 1
             continue
         with bench.phase("server: distillation validation", student, x_val, n_val):
-            out = predict(student, x_val)
+            out = predict(student, x_val, device=dev, amp=amp)
         val = kd_loss(out, t_val, temperature).item()
         result.val_samples += n_val
         result.val_losses.append(val)

@@ -14,6 +14,11 @@ larger than the dense model, non-finite weights) or comes from a client whose tr
 out of that round's aggregation and named in the history (``rejected``, ``rejected_reasons``); a round
 with no accepted upload leaves the server model as it is.
 
+Device: the run computes on ``RunConfig.device`` (resolved by :func:`reft.train.resolve_device`): the
+:class:`~reft.federation.Federation` holds every client's shard, the public set and the test parts there
+(moved once); models are decoded on the CPU and move to the device when a client trains them or the server
+predicts with them; the wire (:func:`reft.comm.encode`) always carries CPU tensors.
+
 Every payload is counted in the :class:`reft.comm.Ledger` with ``len()`` of its real bytes, in both
 directions. The algorithm is a strategy object from :mod:`reft.strategies` (looked up by
 ``RunConfig.algorithm`` in its registry); the population it runs on is a :class:`reft.federation.Federation`.
@@ -24,6 +29,7 @@ The Flower ServerApp (:mod:`reft.flower.server_app`) drives the same strategies 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -58,7 +64,8 @@ class RunResult:
 
     def client_accuracy(self, test: data.Data) -> pd.DataFrame:
         """The client table plus each client's final local model's accuracy on ``test``."""
-        acc = {i: train.evaluate(m, test.x, test.y) for i, m in self.client_models.items()}
+        dev = self.config.device
+        acc = {i: train.evaluate(m, test.x, test.y, device=dev) for i, m in self.client_models.items()}
         return self.clients.assign(test_acc=self.clients["client"].map(acc))
 
     @property
@@ -108,6 +115,7 @@ def run(
     whole = source(cfg, splits)
     splits = prepare(cfg, whole)
     fed = Federation(cfg, splits, final_test=final_test(cfg, whole))
+    warn_amp(cfg, fed.device)
     strategy = strategy or strategies.create(cfg.algorithm)
     ledger = comm.Ledger()
     max_up = max_upload_bytes(fed)
@@ -157,9 +165,9 @@ def run(
                 fit = client_update(cfg, model, cl.x, cl.y, rnd, cid, strategy, strategy.local_options(fed, cl))
             acc = float("nan")
             if cfg.eval_clients and fed.diagnose(rnd):
-                test_x = splits.test.x
+                test_x = fed.test.x
                 with bench.phase("client evaluation (diagnostic)", model, test_x, len(test_x)):
-                    acc = train.evaluate(model, test_x, splits.test.y)
+                    acc = train.evaluate(model, test_x, fed.test.y, device=fed.device, amp=fed.amp)
             work += time.perf_counter() - t
             with bench.phase("wire: encode and decode"):
                 payload = ledger.record(rnd, cid, "up", comm.encode(model))
@@ -176,7 +184,7 @@ def run(
         test = fed.test_for(rnd)
         server = strategy.server_model
         with bench.phase("server evaluation", server, test.x, len(test.x)):
-            server_acc = train.evaluate(server, test.x, test.y)
+            server_acc = train.evaluate(server, test.x, test.y, device=fed.device, amp=fed.amp)
         work += time.perf_counter() - t
 
         st = pd.DataFrame(stats)
@@ -261,13 +269,22 @@ def client_update(
     """A client's local training in round ``rnd``, seeded by (run seed, round, client): every engine
     (in-process, Flower) calls this, so the same seed trains identically everywhere. ``strategy``
     and ``options`` (its :meth:`~reft.strategies.Strategy.local_options` for this client) let an
-    algorithm change local training, e.g. HeteroFL's Scaler and masked cross-entropy."""
+    algorithm change local training, e.g. HeteroFL's Scaler and masked cross-entropy. The model trains on
+    ``RunConfig.device`` (moved there in place), augmented as ``RunConfig.augments`` says."""
     seed = cfg.seed * 100_003 + rnd * 1_009 + cid
     ctx = strategy.local_training(model, y, options or {}) if strategy is not None else nullcontext(None)
     with ctx as loss_fn:
         return train.fit(
-            model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, loss_fn=loss_fn
-        )
+            model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, loss_fn=loss_fn,
+            device=cfg.device, augment=cfg.augments, amp=cfg.amp,
+        )  # fmt: skip
+
+
+def warn_amp(cfg: RunConfig, device: torch.device) -> None:
+    """Say once that ``amp`` does nothing here: bf16 autocast runs on CUDA only; elsewhere the run computes
+    in float32 as without it (so one config serves machines with and without a GPU)."""
+    if cfg.amp and device.type != "cuda":
+        warnings.warn(f"RunConfig.amp has no effect on {device.type}: bf16 autocast runs on CUDA only.", stacklevel=2)
 
 
 DIVERGED = "diverged (non-finite training loss)"

@@ -4,6 +4,10 @@ helpers a strategy may use (the server's dense model, pruning, each tier's ratio
 :class:`Federation` is what every strategy in :mod:`reft.strategies` looks at; the engine
 (:mod:`reft.engine`) builds one per run and drives the rounds. Everything here is seeded by the
 run's seed: the tier of every client, its shard of the private data, the initial weights.
+
+The data a run computes on (every client's shard, the public set, the test parts) are moved to the run's
+device (:attr:`Federation.device`, from ``RunConfig.device``) once, here; models are built on the CPU and
+move to the device when they train or predict.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reft import costs, data, measure, models, pruning
+from reft import costs, data, measure, models, pruning, train
 from reft import tiers as tiers_mod
 
 if TYPE_CHECKING:  # annotation only: the config module imports the strategies, which import this one
@@ -54,12 +58,16 @@ class Federation:
         final_test: data.Data | None = None,
     ) -> None:  # fmt: skip
         """``clients`` replaces the simulated ones (e.g. remote clients that reported tier and size);
-        ``final_test``: the test images of the last round (default: those of every round)."""
+        ``final_test``: the test images of the last round (default: those of every round). ``splits`` stay
+        as given (on the CPU, for checkpoints' fingerprints); the parts the run uses are copied to ``device``."""
         self.cfg = cfg
         self.splits = splits
-        self.final_test = final_test
+        self.device = train.resolve_device(cfg.device)
+        self.amp = cfg.amp and self.device.type == "cuda"  # bf16 autocast runs on CUDA only
+        self.test = splits.test.to(self.device)
+        self.final_test = final_test.to(self.device) if final_test is not None else None
         self.tiers = tiers_mod.load_tiers(cfg.tiers_path)
-        self.public_x = splits.public.x
+        self.public_x = splits.public.x.to(self.device)
         self.example_input = splits.example_input
         self._train_flops: dict[str, int] = {}
         if clients is not None:
@@ -70,14 +78,13 @@ class Federation:
         parts = data.partition(
             splits.private_train.y, cfg.n_clients, cfg.partition, alpha=cfg.alpha, seed=cfg.seed, min_size=1
         )
-        self.clients = [
-            Client(i, tier_of[i], splits.private_train.x[p], splits.private_train.y[p]) for i, p in enumerate(parts)
-        ]
+        x, y = splits.private_train.x, splits.private_train.y
+        self.clients = [Client(i, tier_of[i], x[p].to(self.device), y[p].to(self.device)) for i, p in enumerate(parts)]
 
     def test_for(self, rnd: int) -> data.Data:
         """The test images server accuracy is measured on in round ``rnd``: the whole test part in the last
         round (``RunConfig.final_test``), the per-round subset (``test_size``) before it."""
-        return self.final_test if self.final_test is not None and rnd >= self.cfg.rounds else self.splits.test
+        return self.final_test if self.final_test is not None and rnd >= self.cfg.rounds else self.test
 
     def diagnose(self, rnd: int) -> bool:
         """Whether round ``rnd`` measures the diagnostics that do not feed the algorithm (each client's and
@@ -92,9 +99,12 @@ class Federation:
         return models.build(self.cfg.model, s.num_classes, s.in_channels, self.cfg.widths)
 
     def prune(self, model: nn.Module, ratio: float) -> nn.Module:
-        """A physically smaller copy of ``model`` (ratio 0: a plain copy)."""
+        """A physically smaller copy of ``model`` (ratio 0: a plain copy), on the CPU: torch-pruning traces
+        one sample (no faster on a GPU), and the copy is sent over the wire, which carries CPU tensors."""
         if ratio <= 0:
             return copy.deepcopy(model)
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            model = copy.deepcopy(model).cpu()
         return pruning.prune(model, ratio, self.example_input, importance=self.cfg.importance).model
 
     @cached_property

@@ -28,12 +28,15 @@ def count_params(model: nn.Module) -> int:
 
 
 def flops(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    """Forward FLOPs of one call on ``example_inputs`` (the whole batch), 2 per multiply-add."""
+    """Forward FLOPs of one call on ``example_inputs`` (the whole batch), 2 per multiply-add, on the
+    device the model is on."""
+    param = next(model.parameters(), None)
+    x = example_inputs.to(param.device) if param is not None else example_inputs
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example_inputs)
+            model(x)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

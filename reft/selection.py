@@ -70,13 +70,13 @@ class SelectionStudy(Strategy):
         c, ids = fed.cfg, sorted(uploads)
         teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
         with bench.phase("server: teacher passes", teachers, fed.public_x, len(fed.public_x)):
-            targets = distill.teacher_outputs(teachers, fed.public_x, w, c.ensemble, c.temperature)
+            targets = distill.teacher_outputs(teachers, fed.public_x, w, c.ensemble, c.temperature, fed.device, fed.amp)
         test = fed.test_for(rnd)
         out: dict[str, float] = {}
         for label, v in self.variants.items():
             step = v.server_step(fed, rnd, targets)
             with bench.phase("server evaluation", v.server_model, test.x, len(test.x)):
-                out[f"acc[{label}]"] = train.evaluate(v.server_model, test.x, test.y)
+                out[f"acc[{label}]"] = train.evaluate(v.server_model, test.x, test.y, device=fed.device, amp=fed.amp)
             out[f"epoch[{label}]"] = step["distill_epochs"]
         return out
 

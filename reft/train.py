@@ -7,13 +7,21 @@ inference runs in ``channels_last`` in batches of 128 (2.4x faster than batches 
 CNN, same outputs bit for bit); training uses ``channels_last`` only when every conv width is a multiple
 of 8 (oneDNN's blocked kernels: 1.7x faster for the dense CNN), else the default layout (odd widths of
 pruned models train up to 1.7x faster that way). :func:`memory_format` holds the rule.
+
+Devices: every loop takes a ``device`` (``"cpu"`` by default; ``"auto"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``
+go through :func:`resolve_device`) and moves the model there in place; data may already be there (then
+nothing is copied) or anywhere else (then each batch is moved). ``amp`` turns on bf16 autocast, on CUDA
+only (:func:`autocast`). ``augment`` in :func:`fit` is the CIFAR recipe's random crop and flip
+(:func:`crop_flip`), drawn from a generator of its own seeded from ``seed``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from reft import data
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -38,6 +48,71 @@ class FitResult:
 
 
 PREDICT_BATCH = 128
+CROP_PAD = 4  # pixels of zero padding around a CIFAR image before the random 32 x 32 crop
+_DEVICE = re.compile(r"cpu|mps|cuda(:(0|[1-9][0-9]*))?")
+
+
+def available_devices() -> list[str]:
+    """The devices this machine has, as :func:`resolve_device` spells them (``"auto"`` aside)."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``name`` cannot be used as a device here (unknown, or not on this machine), or None."""
+    if name == "auto" or name in available_devices():
+        return None
+    here = ", ".join(available_devices())
+    if not _DEVICE.fullmatch(name):
+        return f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps (available here: {here})"
+    return f"device {name!r} is not available here; available: {here}"
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The torch device ``name`` stands for; ``"auto"`` picks CUDA, then Apple MPS, then the CPU.
+    Raises ``ValueError`` (listing what this machine has) for an unknown or unavailable device."""
+    name = str(name)
+    problem = device_problem(name)
+    if problem is not None:
+        raise ValueError(problem + ".")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device: torch.device, amp: bool) -> AbstractContextManager:
+    """bf16 autocast when ``amp`` and ``device`` is CUDA; elsewhere nothing changes (CPU numbers stay exact)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> torch.Tensor:
+    """Each image of the batch ``x`` (N x C x H x W) randomly cropped back to H x W after ``pad`` pixels of
+    zero padding (zero is the mean colour of normalized data), and mirrored left-right with probability
+    1/2. Offsets and flips are drawn on the CPU from ``gen`` (the same crops on every device); one
+    gather for the whole batch."""
+    if x.dim() != 4:
+        raise ValueError(f"Augmentation needs image batches (N x C x H x W); got shape {tuple(x.shape)}.")
+    n, c, h, w = x.shape
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen)
+    flip = torch.rand(n, 1, generator=gen) < 0.5
+    rows = dy + torch.arange(h)
+    cols = torch.where(flip, dx + torch.arange(w - 1, -1, -1), dx + torch.arange(w))  # a flip reads columns backwards
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _augment_generator(seed: int) -> torch.Generator:
+    # A stream of its own (one LCG step from the seed): shuffling stays as without augmentation, and
+    # client seeds that differ by one (cid, cid + 1) do not share a stream.
+    return torch.Generator().manual_seed((seed * 6364136223846793005 + 1442695040888963407) % 2**63)
 
 
 def memory_format(model: nn.Module) -> torch.memory_format:
@@ -67,6 +142,8 @@ def fit(
     device: str | torch.device = "cpu",
     progress: bool = False,
     desc: str = "train",
+    augment: bool = False,
+    amp: bool = False,
 ) -> FitResult:
     """Train ``model`` in place with mini-batch SGD on tensors ``x`` and targets ``y``.
 
@@ -75,7 +152,9 @@ def fit(
     rate annealed to 0 over all steps). ``on_epoch(epoch, mean_loss)`` is called after each epoch.
     Shuffling and any randomness in the model are seeded by ``seed``, so the same call on the same
     machine gives the same weights. A NaN or infinite batch loss stops training before that step
-    (``FitResult.diverged``); the weights are left as they were, finite or not.
+    (``FitResult.diverged``); the weights are left as they were, finite or not. ``augment``: every batch
+    is randomly cropped and flipped (:func:`crop_flip`, seeded by ``seed`` too); ``amp``: bf16 autocast
+    on CUDA (:func:`autocast`). The model moves to ``device`` in place.
     """
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}.")
@@ -86,10 +165,12 @@ def fit(
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}.")
     loss_fn = loss_fn or F.cross_entropy
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    aug = _augment_generator(seed) if augment else None
     fmt = memory_format(model)
-    model.to(device=device, memory_format=fmt).train()
+    model.to(device=dev, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps = (len(x) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * steps)) if schedule == "cosine" else None
@@ -99,11 +180,16 @@ def fit(
     with tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False) as bar:
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=gen)
+            ox, oy = order.to(x.device), order.to(y.device)  # index the data where they are
             total, n = 0.0, 0
             for i in range(0, len(x), batch_size):
-                idx = order[i : i + batch_size]
-                xb, yb = _fmt(x[idx], fmt).to(device), y[idx].to(device)
-                loss = loss_fn(model(xb), yb)
+                xb, yb = x[ox[i : i + batch_size]], y[oy[i : i + batch_size]]
+                nb = len(yb)
+                if aug is not None:
+                    xb = crop_flip(xb, aug)
+                xb, yb = _fmt(xb, fmt).to(dev), yb.to(dev)
+                with autocast(dev, amp):
+                    loss = loss_fn(model(xb), yb)
                 value = loss.item()
                 if not math.isfinite(value):
                     return FitResult([*losses, value], seen, time.perf_counter() - t0, diverged=True)
@@ -112,9 +198,9 @@ def fit(
                 opt.step()
                 if sched is not None:
                     sched.step()
-                total += value * len(idx)
-                n += len(idx)
-                seen += len(idx)
+                total += value * nb
+                n += nb
+                seen += nb
                 bar.update()
             losses.append(total / n)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -125,34 +211,49 @@ def fit(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, x: torch.Tensor, batch_size: int = PREDICT_BATCH, device: str | torch.device = "cpu"
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = PREDICT_BATCH,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
 ) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` (eval mode, batched), returned on the CPU."""
+    """Float32 logits of ``model`` on ``x`` (eval mode, batched), computed and returned on ``device``
+    (the model moves there in place)."""
+    dev = resolve_device(device)
     was_training = model.training
-    model.to(device=device, memory_format=torch.channels_last).eval()
+    model.to(device=dev, memory_format=torch.channels_last).eval()
     try:
-        out = [model(_fmt(x[i : i + batch_size]).to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+        with autocast(dev, amp):
+            out = [model(_fmt(x[i : i + batch_size]).to(dev)).float() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    return torch.cat(out) if out else torch.empty(0, device=dev)
 
 
 def train_central(
-    model: nn.Module, splits: Any, epochs: int, seed: int = 0, progress: bool = True, **fit_kw: Any
-) -> pd.DataFrame:
+    model: nn.Module, splits: Any, epochs: int, seed: int = 0, progress: bool = True, augment: bool | None = None,
+    device: str | torch.device = "auto", **fit_kw: Any,
+) -> pd.DataFrame:  # fmt: skip
     """Train on all of ``splits.private_train`` (no federation): the reference every federated run is
-    compared to. Returns one row per epoch: loss, test accuracy, cumulative seconds of training."""
+    compared to. Returns one row per epoch: loss, test accuracy, cumulative seconds of training.
+    ``augment`` as in :func:`fit`; None: as a run of that dataset would (:data:`reft.data.AUGMENT_BY_DEFAULT`,
+    as ``RunConfig.augment``). ``device`` as ``RunConfig.device`` (default ``"auto"``); the data move there once."""
     rows: list[dict] = []
     clock = {"start": time.perf_counter(), "eval": 0.0}
 
     def log(epoch: int, loss: float) -> None:
         t = time.perf_counter()
-        acc = evaluate(model, splits.test.x, splits.test.y)
+        acc = evaluate(model, test.x, test.y, device=dev, amp=fit_kw.get("amp", False))
         rows.append({"epoch": epoch, "loss": loss, "test_acc": acc, "train_s": t - clock["start"] - clock["eval"]})
         clock["eval"] += time.perf_counter() - t
 
-    x, y = splits.private_train.x, splits.private_train.y
-    fit(model, x, y, epochs=epochs, seed=seed, on_epoch=log, progress=progress, desc="central", **fit_kw)
+    dev = resolve_device(device)
+    x, y = splits.private_train.x.to(dev), splits.private_train.y.to(dev)
+    test = splits.test.to(dev)
+    if augment is None:
+        augment = data.AUGMENT_BY_DEFAULT.get(getattr(splits, "name", ""), False)
+    fit(model, x, y, epochs=epochs, seed=seed, on_epoch=log, progress=progress, desc="central", augment=augment,
+        device=dev, **fit_kw)  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -162,8 +263,10 @@ def evaluate(
     y: torch.Tensor,
     batch_size: int = PREDICT_BATCH,
     device: str | torch.device = "cpu",
+    amp: bool = False,
 ) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` on ``(x, y)``."""
+    """Top-1 accuracy in [0, 1] of ``model`` on ``(x, y)``, predicted on ``device``."""
     if len(x) == 0:
         raise ValueError("Cannot evaluate on an empty dataset.")
-    return (predict(model, x, batch_size, device).argmax(1) == y).float().mean().item()
+    pred = predict(model, x, batch_size, device, amp).argmax(1)
+    return (pred == y.to(pred.device)).float().mean().item()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reft import bench, data, measure, models
+from reft.bench import profiler
 from reft.config import RunConfig
 
 TINY = dict(
@@ -15,7 +16,7 @@ TINY = dict(
 
 def test_profile_covers_the_round_and_counts_flops(small: data.Splits, one_thread: None) -> None:
     cfg = RunConfig(algorithm="reft", tier_mix=["laptop"], max_ratio=0.0, **TINY)
-    df = bench.profile(cfg, small, sustained_flops=1e9).set_index("phase")
+    df = profiler.profile(cfg, small, sustained_flops=1e9).set_index("phase")
     assert {"client training [laptop]", "server: teacher passes", "server: distillation", "server evaluation"} <= set(
         df.index
     )
@@ -40,5 +41,5 @@ def test_phases_record_only_inside_a_recording() -> None:
 
 
 def test_cli_rejects_a_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--algorithm", "nope", "--rounds", "1"]) == 2
+    assert profiler.main(["--algorithm", "nope", "--rounds", "1"]) == 2
     assert "unknown algorithm" in capsys.readouterr().err

@@ -324,7 +324,8 @@ BAD_CONFIG = {
     "refresh_every": (0.5, -1), "eval_clients": ("yes", None), "seed": (None, -1), "save_as": (1, None),
     "profile": (None, None), "progress": (1, None), "server_tier": (1, None), "checkpoint_every": ("1", -1),
     "final_test": (1, None),
-    "resume": ("no", None), "keep_checkpoints": (0, None),
+    "resume": ("no", None), "keep_checkpoints": (0, None), "device": (0, "nope"), "amp": ("yes", None),
+    "augment": ("on", None), "diagnostics_every": ("1", -1),
 }  # fmt: skip
 
 

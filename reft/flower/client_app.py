@@ -3,7 +3,9 @@
 A SuperNode says who it is in its node config: ``partition-id`` (which shard of the private data it
 holds; Flower's simulation sets it too) and, optionally, ``tier`` (its hardware tier, a row of the
 tier table). Without ``tier`` the client takes the tier the in-process engine would give it
-(``RunConfig.tier_mix``), so simulation and in-process runs see the same federation.
+(``RunConfig.tier_mix``), so simulation and in-process runs see the same federation. ``device`` (default
+``"auto"``: CUDA, else Apple MPS, else the CPU) is where this node trains: it replaces the run config's
+``device``, which is the server's; the node's data move there once.
 
 The client's data come from :class:`reft.federation.Federation` built from the same RunConfig, so
 the shard (and its order) is exactly the in-process engine's. The model the client trains lives in
@@ -32,11 +34,12 @@ _CACHE: dict[str, federation.Federation] = {}
 
 def _federation(sig: str, cfg: RunConfig) -> federation.Federation:
     # Cached per process: a ClientApp process may serve several messages (simulation actors do).
-    if sig not in _CACHE:
+    key = f"{sig} on {cfg.device}"
+    if key not in _CACHE:
         _CACHE.clear()
         splits = engine.prepare(cfg, data.load(cfg.dataset, seed=cfg.seed))
-        _CACHE[sig] = federation.Federation(cfg, splits)
-    return _CACHE[sig]
+        _CACHE[key] = federation.Federation(cfg, splits)
+    return _CACHE[key]
 
 
 STALL_S = 120.0  # how long a node started with node config stall-round=R hangs in round R
@@ -70,7 +73,7 @@ def _log(out_dir: str, pid: int, row: dict) -> None:
 
 
 def _config(context: Context, defaults: Mapping | None) -> tuple[RunConfig, fconfig.FlowerOptions]:
-    cfg, opts = fconfig.from_user_config({**(defaults or {}), **context.run_config})
+    cfg, opts = fconfig.for_node({**(defaults or {}), **context.run_config}, context.node_config)
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     return cfg, opts
@@ -107,8 +110,9 @@ def fit(msg: Message, context: Context, defaults: Mapping | None = None) -> Mess
     local = json.loads(str(msg.content["round"].get("local", "{}")))
     fit_res = engine.client_update(cfg, model, client.x, client.y, rnd, pid, strategies.create(cfg.algorithm), local)
     train_s = time.perf_counter() - t
-    test = _federation(fconfig.signature(cfg), cfg).splits.test
-    acc = train.evaluate(model, test.x, test.y) if cfg.eval_clients else float("nan")
+    fed, acc = _federation(fconfig.signature(cfg), cfg), float("nan")
+    if cfg.eval_clients:
+        acc = train.evaluate(model, fed.test.x, fed.test.y, device=fed.device, amp=fed.amp)
     up = comm.encode(model)
     context.state["model"] = wire.pack(up)  # REFT keeps training this model; nothing is resent
     _log(opts.out_dir, pid, {"round": rnd, "event": "sent", "bytes": len(up)})

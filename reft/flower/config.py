@@ -3,8 +3,9 @@
 Flower's run config (``[tool.flwr.app.config]`` in the app's ``pyproject.toml``, ``--run-config``
 overrides, ``Context.run_config``) holds flat scalars only: bool, int, float, str. Keys use dashes
 (``local-epochs``). ``None`` has no TOML spelling, so optional fields use a sentinel: ``0`` for
-optional sizes and numbers, ``""`` for optional strings; sequences (``tier-mix``, ``widths``) are
-comma-separated strings. Flower-only settings (timeouts, the output folder) sit next to them.
+optional sizes and numbers, ``""`` for optional strings; an optional bool (``augment``) is a string,
+``""``, ``"true"`` or ``"false"`` (``false`` would read as the sentinel); sequences (``tier-mix``,
+``widths``) are comma-separated strings. Flower-only settings (timeouts, the output folder) sit next to them.
 
 This module does not import Flower, so it is usable (and tested) without the extra installed.
 """
@@ -41,7 +42,7 @@ def _key(name: str) -> str:
 def _scalar_type(field_type: str) -> type:
     """The scalar Python type of a RunConfig annotation (``int | None`` -> int, ``Sequence[int] | None`` -> str)."""
     t = field_type.replace(" ", "")
-    if "Sequence" in t or "Mapping" in t:
+    if "Sequence" in t or "Mapping" in t or t == "bool|None":
         return str
     for name, py in (("bool", bool), ("int", int), ("float", float), ("str", str)):
         if t.split("|")[0] == name:
@@ -69,6 +70,8 @@ def to_user_config(cfg: RunConfig, options: FlowerOptions | None = None) -> dict
                 value = ",".join(value) if not isinstance(value, str) else value
         elif f.name == "widths":
             value = ",".join(str(int(w)) for w in value)
+        elif isinstance(value, bool) and py is str:
+            value = "true" if value else "false"
         out[_key(f.name)] = py(value)
     for k, v in asdict(options or FlowerOptions()).items():
         out[_key(k)] = v
@@ -100,10 +103,18 @@ def from_user_config(user: Mapping[str, object]) -> tuple[RunConfig, FlowerOptio
                 kw[f.name] = parts
         elif f.name == "widths":
             kw[f.name] = [int(w) for w in str(value).split(",") if w.strip()]
+        elif str(f.type).replace(" ", "") == "bool|None" and str(value).lower() in ("true", "false"):
+            kw[f.name] = str(value).lower() == "true"  # anything else is left for RunConfig to reject
         else:
             kw[f.name] = value
     opts = FlowerOptions(**{f.name: user[_key(f.name)] for f in fields(FlowerOptions) if _key(f.name) in user})
     return RunConfig(**kw), opts
+
+
+def for_node(user: Mapping[str, object], node_config: Mapping[str, object]) -> tuple[RunConfig, FlowerOptions]:
+    """What a SuperNode runs: :func:`from_user_config` with ``device`` replaced by the node's own (node
+    config key ``device``, default ``"auto"``); the run config's ``device`` is where the server computes."""
+    return from_user_config({**user, "device": str(node_config.get("device", "auto"))})
 
 
 def pyproject_toml(cfg: RunConfig, options: FlowerOptions | None = None, name: str = "reft-flower") -> str:
@@ -139,4 +150,4 @@ def signature(cfg: RunConfig) -> str:
     return json.dumps({k: getattr(cfg, k) for k in keep}, sort_keys=True)
 
 
-__all__ = ["FlowerOptions", "to_user_config", "from_user_config", "pyproject_toml", "signature"]
+__all__ = ["FlowerOptions", "to_user_config", "from_user_config", "for_node", "pyproject_toml", "signature"]

@@ -6,7 +6,8 @@ builds the same :class:`reft.federation.Federation` and the same strategy object
 client (``send``), ships that as :func:`reft.comm.encode` bytes inside a Flower message, collects the
 uploads that arrive before the round's deadline and hands them to ``strategy.aggregate``: for REFT
 that is the server-side ensemble distillation on the public set. No part of the algorithm is
-re-implemented here.
+re-implemented here. The server computes on the run config's ``device`` (each SuperNode on its own,
+from its node config: :mod:`reft.flower.client_app`).
 
 A client that fails (its SuperNode dies, its ClientApp raises, its reply misses the deadline) is
 reported in ``failures`` and the round goes on with the uploads that arrived. An upload that arrives
@@ -155,6 +156,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
         fed = federation.Federation(  # tiers, sizes as reported
             cfg, splits, clients=discover(grid, cfg, opts), final_test=engine.final_test(cfg, whole)
         )
+        engine.warn_amp(cfg, fed.device)
         nodes = pd.DataFrame(
             [{"client": c.id, "node_id": c.node_id, "tier": c.tier, "samples": c.samples} for c in fed.clients]
         )
@@ -203,7 +205,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
             if uploads:  # REFT distils what arrived; nothing arrived: the server model stays as it is
                 extra = strategy.aggregate(fed, rnd, uploads)
             test = fed.test_for(rnd)
-            server_acc = train.evaluate(strategy.server_model, test.x, test.y)
+            server_acc = train.evaluate(strategy.server_model, test.x, test.y, device=fed.device, amp=fed.amp)
             server_s = time.perf_counter() - t_s
             up, down = sum(s["up"] for s in stats), sum(down_of.values())
             cum_up, cum_down = cum_up + up, cum_down + down

@@ -80,20 +80,23 @@ def average_overlapping(
     entries no upload holds keep their value in ``global_state``. When every upload has the global
     shapes this is plain weighted averaging (FedAvg): one mechanism serves both. ``masks`` (one per
     upload, optional): for some keys, a 0/1 tensor broadcastable to the upload's tensor saying which of
-    its entries count (HeteroFL's classifier rows of the classes a client holds). Computed in float64,
-    cast back; integer buffers (BN's ``num_batches_tracked``) are rounded."""
+    its entries count (HeteroFL's classifier rows of the classes a client holds). Computed in float64 on
+    the CPU (wherever the states are: MPS has no float64), cast back to each entry's dtype and returned on
+    the CPU (``load_state_dict`` copies it to the model's device); integer buffers are rounded."""
     if len(states) != len(weights) or not states or (masks is not None and len(masks) != len(states)):
         raise ValueError("Need one weight (and one mask, if any) per upload, and at least one upload.")
     w = [float(x) for x in weights]
     out = {}
     for k, g in global_state.items():
+        g = g.detach().cpu()
         num = torch.zeros(g.shape, dtype=torch.float64)
         den = torch.zeros(g.shape, dtype=torch.float64)
         for i, (wi, s) in enumerate(zip(w, states, strict=True)):
-            region = tuple(slice(0, n) for n in s[k].shape)
+            t = s[k].detach().cpu()
+            region = tuple(slice(0, n) for n in t.shape)
             m = masks[i].get(k) if masks is not None else None
-            cover = torch.ones(s[k].shape, dtype=torch.float64) if m is None else m.double().expand(s[k].shape)
-            num[region] += wi * cover * s[k].double()
+            cover = torch.ones(t.shape, dtype=torch.float64) if m is None else m.cpu().double().expand(t.shape)
+            num[region] += wi * cover * t.double()
             den[region] += wi * cover
         mean = torch.where(den > 0, num / den.clamp_min(1e-300), g.double())
         out[k] = mean.round().to(g.dtype) if not g.is_floating_point() else mean.to(g.dtype)

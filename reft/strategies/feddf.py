@@ -90,11 +90,13 @@ class FedDF(Strategy):
         teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
         pub, test = fed.public_x, fed.test_for(rnd)
         with bench.phase("server: teacher passes", teachers, pub, len(pub)):
-            targets = distill.teacher_outputs(teachers, pub, w, c.ensemble, c.temperature)  # once per round
+            targets = distill.teacher_outputs(
+                teachers, pub, w, c.ensemble, c.temperature, fed.device, fed.amp
+            )  # once per round
         ens_acc = float("nan")
         if fed.diagnose(rnd):
             with bench.phase("server: ensemble on test (diagnostic)", teachers, test.x, len(test.x)):
-                ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
+                ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature, fed.device, fed.amp)
             ens_acc = (ens.argmax(1) == test.y).float().mean().item()
         epochs = []
         flops = sum(fed.work_flops(t, len(fed.public_x)) for t in teachers)  # server work (test pass: diagnostic)
@@ -102,7 +104,7 @@ class FedDF(Strategy):
             res = distill.distill(
                 model, targets, fed.public_x, temperature=c.temperature, epochs=c.distill_epochs, lr=c.distill_lr,
                 batch_size=self.batch_size, val_fraction=c.val_fraction, patience=c.patience, schedule=self.schedule,
-                clip_grad=self.clip_grad, seed=c.seed * 1000 + rnd * 10 + g,
+                clip_grad=self.clip_grad, seed=c.seed * 1000 + rnd * 10 + g, device=fed.device, amp=fed.amp,
             )  # fmt: skip
             epochs.append(res.best_epoch)
             flops += fed.work_flops(model, res.samples, training=True) + fed.work_flops(model, res.val_samples)

@@ -88,7 +88,7 @@ def masked_cross_entropy(labels: torch.Tensor, num_classes: int) -> LossFn:
     from its data are set to 0 (as the published code does, not -inf) before the cross-entropy, so
     their classifier rows get no gradient from this client."""
     absent = torch.ones(num_classes, dtype=torch.bool)
-    absent[labels.unique()] = False
+    absent[labels.unique().cpu()] = False
     return lambda logits, y: F.cross_entropy(logits.masked_fill(absent.to(logits.device), 0.0), y)
 
 
@@ -153,8 +153,8 @@ class HeteroFL(Strategy):
             )
         if self.bn != "public":
             return {"server_flops": 0.0}
-        pub, model = fed.public_x, self.server_model
+        pub, model = fed.public_x, self.server_model.to(fed.device)  # the public set is on the device already
         with bench.phase("server: BN pass", model, pub, len(pub)):
-            update_bn(pub.split(fed.cfg.distill_batch_size), model)
+            update_bn(pub.split(fed.cfg.distill_batch_size), model, device=fed.device)
         self.server_model.eval()
         return {"server_flops": fed.work_flops(self.server_model, len(fed.public_x))}  # the BN pass

@@ -70,11 +70,11 @@ class REFT(Strategy):
         teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
         test, pub = fed.test_for(rnd), fed.public_x
         with bench.phase("server: teacher passes", teachers, pub, len(pub)):
-            targets = distill.teacher_outputs(teachers, pub, w, c.ensemble, c.temperature)
+            targets = distill.teacher_outputs(teachers, pub, w, c.ensemble, c.temperature, fed.device, fed.amp)
         ens_acc = float("nan")
         if fed.diagnose(rnd):
             with bench.phase("server: ensemble on test (diagnostic)", teachers, test.x, len(test.x)):
-                ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature)
+                ens = distill.teacher_outputs(teachers, test.x, w, c.ensemble, c.temperature, fed.device, fed.amp)
             ens_acc = (ens.argmax(1) == test.y).float().mean().item()
         flops = sum(fed.work_flops(t, len(pub)) for t in teachers)  # server work: teachers on the public set
         step = self.server_step(fed, rnd, targets)
@@ -96,7 +96,7 @@ class REFT(Strategy):
         res = distill.distill(
             student, targets, fed.public_x, select=self.select, temperature=c.temperature, epochs=c.distill_epochs,
             lr=c.distill_lr, batch_size=c.distill_batch_size, val_fraction=c.val_fraction, patience=c.patience,
-            seed=c.seed * 1000 + rnd,
+            seed=c.seed * 1000 + rnd, device=fed.device, amp=fed.amp,
         )  # fmt: skip
         if prev is not None and self.version > 0:
             self.server_model.load_state_dict(ema_state(prev, student.state_dict(), self.ema))
@@ -112,5 +112,7 @@ def ema_state(
     old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor], decay: float
 ) -> dict[str, torch.Tensor]:
     """``decay * old + (1 - decay) * new`` for floating-point entries; integer buffers (BN's batch count)
-    take ``new``'s value."""
-    return {k: decay * old[k] + (1 - decay) * v if v.is_floating_point() else v.clone() for k, v in new.items()}
+    take ``new``'s value. The result is on ``new``'s device."""
+    return {
+        k: decay * old[k].to(v.device) + (1 - decay) * v if v.is_floating_point() else v.clone() for k, v in new.items()
+    }

@@ -2,20 +2,20 @@
 
 The engine, the strategies and :func:`reft.distill.distill` mark their work with :func:`phase`; while a
 :func:`recording` is open, each phase's wall seconds and FLOPs add up (outside one, :func:`phase` costs
-one ``None`` check). :func:`profile` runs a config for a few rounds under a recording and returns one
-row per phase: seconds, share of the rounds' wall time, GFLOP, achieved GFLOP/s and that rate as a
+one ``None`` check). :func:`reft.bench.profiler.profile` runs a config for a few rounds under a recording
+and returns one row per phase: seconds, share of the rounds' wall time, GFLOP, achieved GFLOP/s and that rate as a
 percentage of this machine's sustained training rate (:func:`reft.tiers.profile_this_machine`, measured
 in the same process). Wall time no phase covers is the engine's own bookkeeping (history, Ledger).
 
     python -m reft.bench --algorithm reft --rounds 2 --out results/bench_reft.csv
+
+This package's ``__init__`` holds only the recorder (the engine imports it); :mod:`reft.bench.profiler`
+runs a config under it and holds the command line.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -107,70 +107,3 @@ def table(rec: Recorder, wall_s: float, sustained_flops: float) -> pd.DataFrame:
     df["gflop_per_s"] = (df["gflop"] / df["seconds"].where(df["seconds"] > 0)).where(df["gflop"] > 0)
     df["pct_of_sustained"] = 100 * df["gflop_per_s"] * 1e9 / sustained_flops
     return df
-
-
-def profile(cfg, splits=None, sustained_flops: float | None = None) -> pd.DataFrame:  # noqa: ANN001
-    """Run ``cfg`` (a :class:`reft.config.RunConfig`; its ``rounds`` rounds) under a recording and return
-    :func:`table`. ``sustained_flops`` defaults to this machine's rate measured now on the config's model."""
-    from reft import engine, tiers  # the engine imports this module
-
-    if sustained_flops is None:
-        whole = engine.source(cfg, splits)
-        shape = tuple(whole.example_input.shape[1:])
-        sustained_flops = float(tiers.profile_this_machine(cfg.model, shape)["sustained_flops"].iloc[0])
-    with recording() as rec:
-        t = time.perf_counter()
-        res = engine.run(cfg, splits)
-        wall = time.perf_counter() - t
-    df = table(rec, wall, sustained_flops)
-    acc = float(res.history["server_acc"].iloc[-1])
-    df.attrs.update(wall_s=wall, sustained_gflop_per_s=sustained_flops / 1e9, final_acc=acc)
-    return df.assign(algorithm=cfg.algorithm, rounds=cfg.rounds, threads=torch.get_num_threads())
-
-
-def main(argv: list[str] | None = None) -> int:
-    from reft.config import RunConfig
-
-    p = argparse.ArgumentParser(prog="python -m reft.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--algorithm", action="append", help="algorithm(s) to profile (repeatable; default: reft, fedavg)")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--n-clients", type=int, default=10)
-    p.add_argument("--private-size", type=int, default=20000)
-    p.add_argument("--public-size", type=int, default=5000)
-    p.add_argument("--test-size", type=int, default=2000)
-    p.add_argument("--distill-epochs", type=int, default=5)
-    p.add_argument("--partition", default="iid")
-    p.add_argument("--alpha", type=float, default=None)
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--model", default="cnn")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="write the table as CSV here")
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    try:
-        base = RunConfig(
-            dataset=a.dataset, model=a.model, n_clients=a.n_clients, private_size=a.private_size,
-            public_size=a.public_size, test_size=a.test_size, rounds=a.rounds, distill_epochs=a.distill_epochs,
-            partition=a.partition, alpha=a.alpha, seed=a.seed, final_test=False, progress=False,
-        )  # fmt: skip
-        # under ``python -m`` this file is __main__, not the reft.bench the engine records into
-        bench = importlib.import_module("reft.bench")
-        frames = [bench.profile(base.replace(algorithm=alg)) for alg in a.algorithm or ["reft", "fedavg"]]
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    df = pd.concat(frames, ignore_index=True)
-    for f in frames:
-        alg = f["algorithm"].iloc[0]
-        print(f"\n{alg}: {f.attrs['wall_s']:.1f} s for {a.rounds} rounds, sustained training rate "
-              f"{f.attrs['sustained_gflop_per_s']:.1f} GFLOP/s, final accuracy {f.attrs['final_acc']:.4f}")  # fmt: skip
-        print(f.drop(columns=["algorithm", "rounds", "threads"]).to_string(index=False, float_format="%.2f"))
-    if a.out:
-        df.to_csv(a.out, index=False)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
