@@ -85,6 +85,26 @@ def main_results() -> str:
     return markdown(pd.DataFrame(rows))
 
 
+def main_results_one_seed() -> str:
+    """Notebook 03, the one-seed reference run (before the multi-seed re-run): every method on both partitions."""
+    t = results("03_comparison")
+    (target_col,) = [c for c in t.columns if c.startswith("sim_time_to_")]
+    target = float(target_col.removeprefix("sim_time_to_").removesuffix("_s"))
+    return markdown(
+        pd.DataFrame(
+            {
+                "partition": t["partition"],
+                "method": t["method"].map(METHODS),
+                "final acc (%)": (100 * t["final_acc"]).map(lambda v: fmt(v, ".1f")),
+                "MB up": t["mb_up"].map(lambda v: fmt(v, ".2f")),
+                "MB down": t["mb_down"].map(lambda v: fmt(v, ".2f")),
+                f"sim. time to {100 * target:g}% (s)": t[target_col].map(lambda v: fmt(v, ".2f")),
+                "sim. time, all rounds (s)": t["sim_time_s"].map(lambda v: fmt(v, ".2f")),
+            }
+        )
+    )
+
+
 def where_reft_stands() -> str:
     """Notebook 03: for each partition, which methods REFT beats, loses to, ties or cannot be told from,
     by the rule of reft/stats.py on the paired intervals of 03_versus.csv (method - REFT)."""
@@ -196,8 +216,8 @@ def claims() -> str:
 def gflops_by_tier() -> str:
     """Notebook 03, IID: client training GFLOPs per round, by tier."""
     t = results("03_comparison")
-    t = t[t["partition"] == "iid"]
     cols = [c for c in t.columns if c.startswith("client_gflops[")]
+    t = t[t["partition"] == "iid"].groupby("method", sort=False)[cols].mean().reset_index()  # mean over seeds
     out = pd.DataFrame({"method": t["method"].map(METHODS)})
     for c in cols:
         out[c.removeprefix("client_gflops[").removesuffix("]_per_round")] = t[c].map(lambda v: fmt(v, ".2f", "-"))
@@ -327,8 +347,10 @@ def bench() -> str:
                 "after: % of sustained": fmt(aa.loc[ph, "pct_of_sustained"], ".0f", "-"),
             })  # fmt: skip
         total = {"before: s (share)": f"{bb['seconds'].sum():.2f}", "after: s (share)": f"{aa['seconds'].sum():.2f}"}
+        sb, sa = bb["sustained_gflop_per_s"].iloc[0], aa["sustained_gflop_per_s"].iloc[0]
+        rate = f"sustained: {sb:.0f} before, {sa:.0f} after"
         rows.append({"method": METHODS[alg], "phase": "**all phases**", **total,
-                     "after: GFLOP/s": "-", "after: % of sustained": "-"})  # fmt: skip
+                     "after: GFLOP/s": rate, "after: % of sustained": "-"})  # fmt: skip
     return markdown(pd.DataFrame(rows))
 
 
@@ -360,15 +382,14 @@ def verdict_problems(text: str, versus: pd.DataFrame) -> list[str]:
 BLOCKS: dict[str, Callable[[], str]] = {
     "speedups": speedups,
     "peer-fidelity": peer_fidelity,
-    "main-results": main_results,
-    "where-reft-stands": where_reft_stands,
-    "claims": claims,
+    "main-results": main_results_one_seed,
     "gflops-by-tier": gflops_by_tier,
     "tiers": tiers,
     "run-times": run_times,
     "bench": bench,
-    "selection": selection,
 }
+# Registered with the multi-seed reference run (issue 12, part 7): "main-results": main_results (mean ± 95% CI and
+# verdicts vs REFT), "where-reft-stands", "claims" (rule-computed verdicts) and "selection" (notebook 02).
 
 
 def render(text: str) -> str:

@@ -28,7 +28,8 @@ def profile(cfg: RunConfig, splits: data.Splits | None = None, sustained_flops: 
     df = table(rec, wall, sustained_flops)
     acc = float(res.history["server_acc"].iloc[-1])
     df.attrs.update(wall_s=wall, sustained_gflop_per_s=sustained_flops / 1e9, final_acc=acc)
-    return df.assign(algorithm=cfg.algorithm, rounds=cfg.rounds, threads=torch.get_num_threads())
+    return df.assign(algorithm=cfg.algorithm, rounds=cfg.rounds, threads=torch.get_num_threads(), wall_s=wall,
+                     sustained_gflop_per_s=sustained_flops / 1e9, final_acc=acc)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         alg = f["algorithm"].iloc[0]
         print(f"\n{alg}: {f.attrs['wall_s']:.1f} s for {a.rounds} rounds, sustained training rate "
               f"{f.attrs['sustained_gflop_per_s']:.1f} GFLOP/s, final accuracy {f.attrs['final_acc']:.4f}")  # fmt: skip
-        print(f.drop(columns=["algorithm", "rounds", "threads"]).to_string(index=False, float_format="%.2f"))
+        shown = f.drop(columns=["algorithm", "rounds", "threads", "wall_s", "sustained_gflop_per_s", "final_acc"])
+        print(shown.to_string(index=False, float_format="%.2f"))
     if a.out:
         df.to_csv(a.out, index=False)
     return 0
