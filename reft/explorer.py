@@ -285,17 +285,18 @@ def build_ui(
     tier = tier or str(ex.tiers.index[-1])
     auto = ex.policy(model, "deadline", None)
     deadline_s = deadline_s or next(iter(auto.values())).deadline_s
-    style = {"description_width": "110px"}
+    style, wide = {"description_width": "110px"}, w.Layout(width="460px")
     model_w = w.Dropdown(options=models.MODEL_NAMES, value=model, description="model", style=style)
     file_w = w.Text(value=tiers_file or "", placeholder="reft/tiers.csv (shipped)", description="tier table CSV",
                     continuous_update=False, style=style)  # fmt: skip
     tier_w = w.Dropdown(options=list(ex.tiers.index), value=tier, description="tier", style=style)
     policy_w = w.ToggleButtons(options=tiers.POLICIES, value=policy, description="policy", style=style)
     deadline_w = w.FloatLogSlider(value=deadline_s, base=10, min=-2, max=3, step=0.05, description="deadline (s)",
-                                  continuous_update=False, readout_format=".3g", style=style)  # fmt: skip
+                                  continuous_update=False, readout_format=".3g", style=style, layout=wide)  # fmt: skip
     ratio_w = w.FloatSlider(value=ratio, min=0.0, max=ex.max_ratio, step=0.01, description="pruning ratio",
-                            continuous_update=False, readout_format=".2f", style=style)  # fmt: skip
-    use_w = w.Button(description="use the policy's ratio", tooltip="set the ratio to the policy's choice for the tier")
+                            continuous_update=False, readout_format=".2f", style=style, layout=wide)  # fmt: skip
+    use_w = w.Button(description="use the policy's ratio", tooltip="the policy's choice for the tier",
+                     layout=w.Layout(width="auto"))  # fmt: skip
     numbers = w.HTML().add_class("reft-explorer-numbers")
     table = w.HTML().add_class("reft-explorer-tiers")
     status = w.HTML().add_class("reft-explorer-status")
@@ -314,11 +315,13 @@ def build_ui(
             return
         ms = 1e3 * (time.perf_counter() - t0)
         status.value = f"numbers in {ms:.0f} ms ({'cached latency' if cached else 'latency measured now'})"
+        t1 = time.perf_counter()
         with plot:
             plot.clear_output(wait=True)
             fig = ex.figure(m, r, tier_w.value, p, d)
             display(fig)
             plt.close(fig)
+        status.value += f"; figure in {1e3 * (time.perf_counter() - t1):.0f} ms"
 
     def load_table(change) -> None:
         try:
