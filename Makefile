@@ -1,7 +1,7 @@
 # Two commands do everything, each doing its own set-up (venv, packages, data):
 #   make test                      unit tests + every notebook under nbmake (small defaults)
 #   make reproduce [PROFILE=...]   every notebook through papermill with a profile (default: fmnist)
-# Other targets: make setup | data | lint | lab | clean
+# Other targets: make setup | data | browser | lint | lab | clean
 
 PROFILE ?= fmnist
 PYTHON ?= python3
@@ -13,7 +13,7 @@ INSTALLED := $(VENV)/.reft-installed
 # loopback-only network namespace where the machine allows one (scripts/loopback.sh).
 FLWR_ENV := FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 
-.PHONY: setup data test reproduce lint lab clean
+.PHONY: setup data browser test reproduce lint lab clean
 
 setup: $(INSTALLED) data
 
@@ -31,7 +31,15 @@ data: $(INSTALLED)
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq dataset-fashion-mnist; }
 	$(PY) -m reft.data fashion-mnist
 
-test: setup
+# The browser test (tests/test_browser.py: JupyterLab in headless Chromium through Selenium) needs Chromium and
+# chromedriver: Debian's chromium and chromium-driver packages (apt, as root or with sudo) when they are missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "Installing Chromium and chromedriver from Debian's chromium and chromium-driver packages"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver; }
+
+test: setup browser
 	$(FLWR_ENV) FLWR_HOME=$$(mktemp -d) REFT_OUTPUT=$$(mktemp -d) PATH="$(abspath $(VENV))/bin:$$PATH" \
 	  scripts/loopback.sh $(PY) -m pytest tests --nbmake notebooks --nbmake-timeout=900 -m "not slow" \
 	  -p no:cacheprovider --durations=15

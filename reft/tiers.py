@@ -48,6 +48,8 @@ __all__ = [
     "load_tiers",
     "assign",
     "round_time",
+    "compute_time",
+    "at_ratio",
     "PolicyResult",
     "choose_ratios",
     "policy_frame",
@@ -223,6 +225,42 @@ def _ratio_grid(max_ratio: float, step: float) -> list[float]:
     return [round(r, 6) for r in np.arange(0.0, max_ratio + 1e-9, step)]
 
 
+def at_ratio(
+    tiers: pd.DataFrame,
+    tier: str,
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratio: float,
+    *,
+    samples: int,
+    epochs: int,
+    deadline_s: float | None = None,
+    importance: str = "l2",
+    batch_size: int = 64,
+    memory_fraction: float = MEMORY_FRACTION,
+    policy: str = "fixed",
+) -> PolicyResult:
+    """The local round of ``model`` pruned at ``ratio`` on ``tier`` (``samples`` x ``epochs``): what
+    :func:`choose_ratios` weighs for every candidate ratio, for one ratio chosen by hand. The pruned
+    model's counts come from :func:`reft.costs.at_ratios` (cached per architecture and ratio)."""
+    tiers = _validate(tiers.reset_index(), "(frame)") if "sustained_flops" not in tiers.columns else tiers
+    _check_tier(tiers, tier)
+    c = costs.at_ratios(model, example_input, [ratio], importance, batch_size).iloc[0]
+    dense_flops = float(costs.at_ratios(model, example_input, [0.0], importance, batch_size)["forward_flops"].iloc[0])
+    tf = measure.TRAIN_FLOPS_FACTOR * float(c["forward_flops"]) * samples * epochs
+    speed = costs.speed_factor(model.spec["name"], float(c["forward_flops"]) / dense_flops)
+    comp, down, up = _round_parts(tiers, tier, tf, int(c["bytes"]), int(c["bytes"]), speed)
+    limit = float(tiers.loc[tier, "memory_gb"]) * memory_fraction
+    total = comp + down + up
+    return PolicyResult(
+        tier=tier, policy=policy, ratio=float(ratio), round_time_s=total, compute_s=comp, download_s=down,
+        upload_s=up, params=int(c["params"]), bytes=int(c["bytes"]), forward_flops=int(c["forward_flops"]),
+        train_flops=tf, memory_gb=float(c["memory_gb"]), memory_limit_gb=limit,
+        fits_memory=bool(c["memory_gb"] <= limit), deadline_s=deadline_s,
+        fits_deadline=None if deadline_s is None else bool(total <= deadline_s), widths=list(c["widths"]),
+    )  # fmt: skip
+
+
 def choose_ratios(
     policy: str,
     tiers: pd.DataFrame,
@@ -260,23 +298,11 @@ def choose_ratios(
         raise ValueError(f"deadline_s must be > 0 seconds; got {deadline_s}.")
     tiers = _validate(tiers.reset_index(), "(frame)") if "sustained_flops" not in tiers.columns else tiers
     grid = _ratio_grid(max_ratio, step)
-    dense_flops = float(costs.at_ratios(model, example_input, [0.0], importance, batch_size)["forward_flops"].iloc[0])
+    kw = dict(samples=samples, epochs=epochs, importance=importance, batch_size=batch_size,
+              memory_fraction=memory_fraction, policy=policy)  # fmt: skip
 
     def result(tier: str, ratio: float, deadline: float | None) -> PolicyResult:
-        # one really pruned model per ratio, measured once (costs caches), only where the search looks
-        c = costs.at_ratios(model, example_input, [ratio], importance, batch_size).iloc[0]
-        tf = measure.TRAIN_FLOPS_FACTOR * float(c["forward_flops"]) * samples * epochs
-        speed = costs.speed_factor(model.spec["name"], float(c["forward_flops"]) / dense_flops)
-        comp, down, up = _round_parts(tiers, tier, tf, int(c["bytes"]), int(c["bytes"]), speed)
-        limit = float(tiers.loc[tier, "memory_gb"]) * memory_fraction
-        total = comp + down + up
-        return PolicyResult(
-            tier=tier, policy=policy, ratio=float(ratio), round_time_s=total, compute_s=comp, download_s=down,
-            upload_s=up, params=int(c["params"]), bytes=int(c["bytes"]), forward_flops=int(c["forward_flops"]),
-            train_flops=tf, memory_gb=float(c["memory_gb"]), memory_limit_gb=limit,
-            fits_memory=bool(c["memory_gb"] <= limit), deadline_s=deadline,
-            fits_deadline=None if deadline is None else bool(total <= deadline), widths=list(c["widths"]),
-        )  # fmt: skip
+        return at_ratio(tiers, tier, model, example_input, ratio, deadline_s=deadline, **kw)
 
     out: dict[str, PolicyResult] = {}
     if policy == "proportional":  # a fine grid: tiers a few percent apart in compute still differ in width

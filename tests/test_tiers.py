@@ -158,6 +158,18 @@ def test_deadline_default_and_impossible(table, cnn):
     assert all(r.ratio == pytest.approx(0.9) and r.fits_deadline is False for r in tight.values())
 
 
+def test_at_ratio_is_what_the_policies_weigh(table, cnn):
+    res = tiers.choose_ratios("deadline", table, cnn, X, samples=500, epochs=2, deadline_s=3.0)
+    for tier, r in res.items():
+        again = tiers.at_ratio(table, tier, cnn, X, r.ratio, samples=500, epochs=2, deadline_s=3.0, policy="deadline")
+        assert again == r
+    raw = table.reset_index().drop(columns="sustained_flops")  # a frame as read: validated first
+    by_hand = tiers.at_ratio(raw, "phone", cnn, X, 0.5, samples=500, epochs=2)
+    assert by_hand.policy == "fixed" and by_hand.fits_deadline is None and by_hand.ratio == 0.5
+    with pytest.raises(ValueError, match="Valid tiers"):
+        tiers.at_ratio(table, "mainframe", cnn, X, 0.5, samples=1, epochs=1)
+
+
 def test_deadline_respects_memory(table, cnn):
     small = table.copy()
     need_dense = costs.at_ratios(cnn, X, [0.0], batch_size=64)["memory_gb"][0]
