@@ -367,18 +367,22 @@ def bench() -> str:
     return markdown(pd.DataFrame(rows))
 
 
+def _block_rows(text: str, name: str) -> list[dict[str, str]]:
+    """The rows of the table printed between the ``name`` markers, as {header: cell}."""
+    body = text.split(f"<!-- BEGIN {name} -->")[1].split(f"<!-- END {name} -->")[0]
+    lines = [ln for ln in body.strip().splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, [c.strip() for c in ln.strip().strip("|").split("|")], strict=True)) for ln in lines[2:]]
+
+
 def verdict_problems(text: str, versus: pd.DataFrame) -> list[str]:
     """Rows of the README's main table whose verdict is not what the rule of reft/stats.py gives for the
     interval in ``versus`` (03_versus.csv), or that name a comparison the CSV does not hold. Independent
     of :func:`main_results`: it reads the printed table back."""
-    body = text.split("<!-- BEGIN main-results -->")[1].split("<!-- END main-results -->")[0]
-    lines = [ln for ln in body.strip().splitlines() if ln.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
     name_of = {v: k for k, v in METHODS.items()}
     csv = versus.set_index(["partition", "method"])
     problems = []
-    for ln in lines[2:]:
-        row = dict(zip(header, [c.strip() for c in ln.strip().strip("|").split("|")], strict=True))
+    for row in _block_rows(text, "main-results"):
         if row["verdict vs REFT"] == "-":
             continue
         key = (row["partition"], name_of.get(row["method"], row["method"]))
@@ -392,17 +396,53 @@ def verdict_problems(text: str, versus: pd.DataFrame) -> list[str]:
     return problems
 
 
+def stands_problems(text: str, versus: pd.DataFrame) -> list[str]:
+    """Methods the printed "where REFT stands" table puts in a column other than the one the rule of
+    reft/stats.py gives for REFT against them (03_versus.csv holds method - REFT, so REFT - method flips)."""
+    column = {"better": "REFT is worse than", "worse": "REFT is better than", "on par": "on par (within ±1 point)",
+              "inconclusive": "inconclusive"}  # fmt: skip
+    printed = {r["partition"]: r for r in _block_rows(text, "where-reft-stands")}
+    problems = []
+    for r in versus.itertuples(index=False):
+        row = printed.get(r.partition)
+        if row is None:
+            problems.append(f"{r.partition}: not in the README")
+            continue
+        want = column[stats.verdict(r.diff_ci_low, r.diff_ci_high)]
+        name = re.escape(METHODS.get(r.method, r.method))
+        where = [h for h, cell in row.items() if re.search(rf"(^|, ){name} \([+-]", cell)]
+        if where != [want]:
+            problems.append(f"{(r.partition, r.method)}: README puts it under {where}, the rule gives {want!r}")
+    return problems
+
+
+def claim_problems(text: str, versus: pd.DataFrame) -> list[str]:
+    """The printed claims table's "Accuracy is maintained" verdict against the rule of reft/stats.py on
+    REFT vs FedAvg in 03_versus.csv, partition by partition."""
+    as_claim = {"worse": "reproduced (REFT better)", "on par": "reproduced (on par)",
+                "better": "not reproduced (REFT worse)", "inconclusive": "inconclusive"}  # fmt: skip
+    (row,) = [r for r in _block_rows(text, "claims") if r["claim of the paper's abstract"] == "Accuracy is maintained"]
+    printed = dict(part.split(": ", 1) for part in row["verdict"].split("; "))
+    problems = []
+    for r in versus[versus["method"] == "fedavg"].itertuples(index=False):
+        want = as_claim[stats.verdict(r.diff_ci_low, r.diff_ci_high)]
+        if printed.get(r.partition) != want:
+            problems.append(f"{r.partition}: README says {printed.get(r.partition)!r}, the rule gives {want!r}")
+    return problems
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "speedups": speedups,
     "peer-fidelity": peer_fidelity,
-    "main-results": main_results_one_seed,
+    "main-results": main_results,
+    "where-reft-stands": where_reft_stands,
     "gflops-by-tier": gflops_by_tier,
+    "selection": selection,
+    "claims": claims,
     "tiers": tiers,
     "run-times": run_times,
     "bench": bench,
 }
-# Registered with the multi-seed reference run (issue 12, part 7): "main-results": main_results (mean ± 95% CI and
-# verdicts vs REFT), "where-reft-stands", "claims" (rule-computed verdicts) and "selection" (notebook 02).
 
 
 def render(text: str) -> str:
