@@ -113,8 +113,9 @@ def fit(msg: Message, context: Context, defaults: Mapping | None = None) -> Mess
     fed, acc = _federation(fconfig.signature(cfg), cfg), float("nan")
     if cfg.eval_clients:
         acc = train.evaluate(model, fed.test.x, fed.test.y, device=fed.device, amp=fed.amp)
-    up = comm.encode(model)
-    context.state["model"] = wire.pack(up)  # REFT keeps training this model; nothing is resent
+    up = comm.encode(model, cfg.codec_up)
+    kept = up if cfg.codec_up == "fp32" else comm.encode(model)  # the client's own model stays full precision
+    context.state["model"] = wire.pack(kept)  # REFT keeps training this model; nothing is resent
     _log(opts.out_dir, pid, {"round": rnd, "event": "sent", "bytes": len(up)})
     metrics = MetricRecord(
         {"samples": client.n_samples, "acc": acc, "train_s": train_s, "down": down, "up": len(up),

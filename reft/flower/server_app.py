@@ -177,7 +177,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
                 content = RecordDict({"round": ConfigRecord({"round": rnd, "local": local})})
                 offer: nn.Module | None = strategy.send(fed, rnd, cl)
                 if offer is not None:
-                    payload = ledger.record(rnd, cid, "down", comm.encode(offer))
+                    payload = ledger.record(rnd, cid, "down", comm.encode(offer, cfg.codec_down))
                     content["model"] = wire.pack(payload)
                     down_of[cid] = len(payload)
                 msgs.append(Message(content, dst_node_id=cl.node_id, message_type="train", group_id=str(rnd)))
@@ -212,6 +212,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
             rows.append(
                 {
                     "algorithm": strategy.name,
+                    **engine.codec_columns(cfg),
                     "round": rnd,
                     "server_acc": server_acc,
                     "test_n": len(test.y),
