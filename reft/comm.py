@@ -229,12 +229,19 @@ class Ledger:
     rows: list[dict] = field(default_factory=list)
 
     def record(self, round: int, client: int, direction: str, payload: bytes, kind: str = "model") -> bytes:
+        """Count ``payload`` (its ``len()``) and return it unchanged."""
+        self.count(round, client, direction, len(payload), kind)
+        return payload
+
+    def count(self, round: int, client: int, direction: str, n_bytes: int, kind: str = "model") -> None:
+        """Count a transfer known by its size only (e.g. a payload's length as the receiving client reported it)."""
         if direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', not {direction!r}.")
+        if isinstance(n_bytes, bool) or int(n_bytes) != n_bytes or n_bytes < 0:
+            raise ValueError(f"A transfer's size is a whole number of bytes >= 0, not {n_bytes!r}.")
         self.rows.append(
-            {"round": round, "client": client, "direction": direction, "kind": kind, "bytes": len(payload)}
+            {"round": round, "client": client, "direction": direction, "kind": kind, "bytes": int(n_bytes)}
         )
-        return payload
 
     def frame(self) -> pd.DataFrame:
         cols = ["round", "client", "direction", "kind", "bytes"]

@@ -10,6 +10,8 @@ tier table). Without ``tier`` the client takes the tier the in-process engine wo
 The client's data come from :class:`reft.federation.Federation` built from the same RunConfig, so
 the shard (and its order) is exactly the in-process engine's. The model the client trains lives in
 ``Context.state`` between rounds (as its ``reft.comm`` bytes), because REFT does not resend it.
+Its reply reports the length of the payload it received this round (metric ``down``; 0 when it trained
+the kept model): the server's Ledger counts "down" bytes from that receipt.
 """
 
 from __future__ import annotations
