@@ -53,7 +53,7 @@ def parse_value(text: str) -> bool | int | float | str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: run REFT on Flower, or write the Flower App folder for ``flwr run``.
+    """Command line: run any algorithm on Flower, or write the Flower App folder for ``flwr run``.
 
     Examples::
 

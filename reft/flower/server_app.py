@@ -222,7 +222,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
                 fails.append({"round": rnd, "client": by_node[node].id, "node_id": node, "reason": why})
             extra: dict[str, float] = {}
             t_s = time.perf_counter()
-            if uploads:  # REFT distils what arrived; nothing arrived: the server model stays as it is
+            if uploads:  # the strategy aggregates what arrived; nothing arrived: the server model stays as it is
                 extra = strategy.aggregate(fed, rnd, uploads)
             test = fed.test_for(rnd)
             server_acc = train.evaluate(strategy.server_model, test.x, test.y, device=fed.device, amp=fed.amp)
