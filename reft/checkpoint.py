@@ -60,8 +60,17 @@ def directory(cfg: RunConfig) -> Path:
     return report.results_dir(cfg.profile) / "checkpoints" / cfg.save_as
 
 
+# Fields added later, left out while at their default, so a checkpoint written before they existed still fits.
+AT_DEFAULT_NOT_FINGERPRINTED = {"codec_up": "fp32", "codec_down": "fp32"}
+
+
 def config_fields(cfg: RunConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    return {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in NOT_FINGERPRINTED
+        and not (k in AT_DEFAULT_NOT_FINGERPRINTED and AT_DEFAULT_NOT_FINGERPRINTED[k] == v)
+    }
 
 
 def fingerprint(cfg: RunConfig, splits: data.Splits) -> str:

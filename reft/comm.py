@@ -3,12 +3,14 @@
 A model travels as one safetensors blob: its tensors (``state_dict``) plus, in the safetensors
 header metadata, its JSON spec (``reft.models`` builder name, classes, input channels, widths).
 Decoding rebuilds the architecture from the spec and loads the tensors: no pickle anywhere, so a
-received payload can never execute code.
+received payload can never execute code. The tensors are stored by a codec (:mod:`reft.codecs`:
+``fp32``, the default, ``fp16`` or ``int8``), named in the header (``reft.codec``; absent for ``fp32``,
+whose bytes are the format as it was before codecs existed); :func:`decode` reads it from there.
 
 Received bytes are untrusted: :func:`decode` checks the whole header against the model its spec
 describes (a registered builder, widths no larger than the dense model's, exactly the expected
-tensor names, shapes, dtypes and byte ranges) *before* anything is allocated, then rejects
-non-finite weights. Every failure is a :class:`PayloadError` saying what was wrong.
+tensor names, shapes, dtypes and byte ranges, as the header's codec stores that model) *before*
+anything is allocated, then rejects non-finite weights. Every failure is a :class:`PayloadError` saying what was wrong.
 
 Bandwidth figures are measured, not estimated: the Ledger records ``len()`` of the encoded bytes.
 """
@@ -26,9 +28,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from reft import models
+from reft import codecs, models
 
 _SPEC_KEY = "reft.spec"
+_CODEC_KEY = "reft.codec"
+CODECS = codecs.CODECS
 _SPEC_FIELDS = {"name": str, "num_classes": int, "in_channels": int, "widths": list}
 _NUM_CLASSES = (2, 100_000)
 _IN_CHANNELS = (1, 64)
@@ -49,13 +53,18 @@ class PayloadError(ValueError):
     """A received payload is not a valid reft model (malformed, inconsistent, too large or non-finite)."""
 
 
-def encode(model: nn.Module) -> bytes:
-    """Serialize a ``reft.models`` model to bytes (safetensors with its spec in the header)."""
+def encode(model: nn.Module, codec: str = "fp32") -> bytes:
+    """Serialize a ``reft.models`` model to bytes (safetensors with its spec in the header), its tensors
+    stored by ``codec`` (one of :data:`CODECS`; :mod:`reft.codecs` says what each keeps). ``fp32`` gives
+    exactly the bytes of the format before codecs (no codec in the header)."""
     spec = getattr(model, "spec", None)
     if spec is None:
         raise TypeError("encode() takes a model built by reft.models.build (it needs a .spec).")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return st_save(tensors, metadata={_SPEC_KEY: json.dumps(spec, sort_keys=True)})
+    codecs.check(codec)
+    metadata = {_SPEC_KEY: json.dumps(spec, sort_keys=True)}
+    if codec != "fp32":
+        metadata[_CODEC_KEY] = codec
+    return st_save(codecs.pack(model.state_dict(), codec), metadata=metadata)
 
 
 def _json(text: bytes | str, what: str) -> Any:
@@ -122,10 +131,19 @@ def _spec(header: dict) -> dict:
     return spec
 
 
-def _check_tensors(header: dict, spec: dict, data_len: int) -> None:
-    """The header's tensor entries are exactly the spec's model's: names, dtypes, shapes, byte ranges."""
+def _codec(header: dict) -> str:
+    """The codec named in the header's metadata (``fp32`` when none is: the original format)."""
+    codec = header["__metadata__"].get(_CODEC_KEY, "fp32")  # _spec has checked the metadata
+    if codec not in CODECS:
+        raise PayloadError(f"Bad header: unknown codec {_short(codec)}; valid codecs: {', '.join(CODECS)}.")
+    return codec
+
+
+def _check_tensors(header: dict, spec: dict, data_len: int, codec: str = "fp32") -> None:
+    """The header's tensor entries are exactly those of the spec's model stored by ``codec``: names,
+    dtypes, shapes, byte ranges."""
     with torch.device("meta"):  # shapes and dtypes only: nothing is allocated
-        expected = models.build(**spec).state_dict()
+        expected = codecs.layout(models.build(**spec).state_dict(), codec)
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     if set(entries) != set(expected):
         diff = sorted(set(entries) ^ set(expected))
@@ -163,28 +181,40 @@ def read_spec(payload: bytes) -> dict:
     return _spec(_header(_as_bytes(payload))[0])
 
 
+def read_codec(payload: bytes) -> str:
+    """The codec a payload's tensors are stored with (checked, from the header; tensors not loaded)."""
+    header = _header(_as_bytes(payload))[0]
+    _spec(header)
+    return _codec(header)
+
+
 def decode(payload: bytes, max_bytes: int | None = None) -> models.ReftModel:
-    """Rebuild a model from :func:`encode` bytes (architecture from the spec, weights from tensors).
+    """Rebuild a model from :func:`encode` bytes (architecture from the spec, weights from tensors decoded
+    by the codec the header names: the model is float32 whatever the codec).
 
     The payload is untrusted: it is checked whole before any tensor or model is allocated (at most
-    ``max_bytes`` long when given; header, spec, tensor entries; see the module docstring) and its
-    weights must be finite. Raises :class:`PayloadError` on any problem.
+    ``max_bytes`` long when given; header, spec, codec, tensor entries; see the module docstring) and its
+    decoded weights must be finite. Raises :class:`PayloadError` on any problem.
     """
     payload = _as_bytes(payload)
     if max_bytes is not None and len(payload) > max_bytes:
         raise PayloadError(f"Payload of {len(payload)} bytes exceeds the limit of {max_bytes}.")
     header, start = _header(payload)
     spec = _spec(header)
-    _check_tensors(header, spec, len(payload) - start)
+    codec = _codec(header)
+    _check_tensors(header, spec, len(payload) - start, codec)
     try:
         tensors = st_load(payload)
     except Exception as e:  # noqa: BLE001 - whatever safetensors still finds wrong is a bad payload
         raise PayloadError(f"Bad payload: safetensors refused it ({e}).") from e
-    for k, t in tensors.items():
+    if (why := codecs.problem(tensors, codec)) is not None:
+        raise PayloadError(f"Bad weights: {why}.")
+    model = models.build(**spec)
+    state = codecs.unpack(tensors, model.state_dict())
+    for k, t in state.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise PayloadError(f"Bad weights: non-finite values in {k}.")
-    model = models.build(**spec)
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(state, strict=True)
     return model
 
 
@@ -199,12 +229,19 @@ class Ledger:
     rows: list[dict] = field(default_factory=list)
 
     def record(self, round: int, client: int, direction: str, payload: bytes, kind: str = "model") -> bytes:
+        """Count ``payload`` (its ``len()``) and return it unchanged."""
+        self.count(round, client, direction, len(payload), kind)
+        return payload
+
+    def count(self, round: int, client: int, direction: str, n_bytes: int, kind: str = "model") -> None:
+        """Count a transfer known by its size only (e.g. a payload's length as the receiving client reported it)."""
         if direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', not {direction!r}.")
+        if isinstance(n_bytes, bool) or int(n_bytes) != n_bytes or n_bytes < 0:
+            raise ValueError(f"A transfer's size is a whole number of bytes >= 0, not {n_bytes!r}.")
         self.rows.append(
-            {"round": round, "client": client, "direction": direction, "kind": kind, "bytes": len(payload)}
+            {"round": round, "client": client, "direction": direction, "kind": kind, "bytes": int(n_bytes)}
         )
-        return payload
 
     def frame(self) -> pd.DataFrame:
         cols = ["round", "client", "direction", "kind", "bytes"]

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from types import SimpleNamespace
 from typing import Any
 
-from reft import data, distill, models, pruning, strategies, train
+from reft import codecs, data, distill, models, pruning, strategies, train
 
 POLICIES = ("proportional", "deadline")
 WEIGHTINGS = ("uniform", "samples")
@@ -67,6 +67,9 @@ def _value_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
         errors.append(f"unknown ensemble {c.ensemble!r}; valid: {', '.join(distill.MODES)}")
     if (problem := train.device_problem(c.device)) is not None:
         errors.append(problem)
+    for direction in ("codec_up", "codec_down"):
+        if getattr(c, direction) not in codecs.CODECS:
+            errors.append(f"unknown {direction} {getattr(c, direction)!r}; valid codecs: {', '.join(codecs.CODECS)}")
     if c.weighting is not None and c.weighting not in WEIGHTINGS:
         errors.append(f"unknown weighting {c.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
     checks = [
@@ -129,6 +132,9 @@ class RunConfig:
     # where the run computes: "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N" or "mps"
     device: str = "auto"
     amp: bool = False  # bf16 autocast where the device is CUDA; elsewhere no effect (warned by the engine)
+    # the wire: how models are stored in the payloads each way (reft.codecs: "fp32", "fp16" or "int8")
+    codec_up: str = "fp32"  # client -> server uploads
+    codec_down: str = "fp32"  # server -> client models
     # rounds and local training
     rounds: int = 5
     local_epochs: int = 1

@@ -20,10 +20,14 @@ Device: the run computes on ``RunConfig.device`` (resolved by :func:`reft.train.
 predicts with them; the wire (:func:`reft.comm.encode`) always carries CPU tensors.
 
 Every payload is counted in the :class:`reft.comm.Ledger` with ``len()`` of its real bytes, in both
-directions. The algorithm is a strategy object from :mod:`reft.strategies` (looked up by
-``RunConfig.algorithm`` in its registry); the population it runs on is a :class:`reft.federation.Federation`.
-The Flower ServerApp (:mod:`reft.flower.server_app`) drives the same strategies through the same
-:func:`client_update` and :func:`participants`, so both engines train identically for one seed.
+directions, encoded with the run's codecs (``RunConfig.codec_down`` for what the server sends,
+``codec_up`` for uploads; :mod:`reft.codecs`): a client trains the decoded model it received, and the
+server aggregates the decoded uploads, while a client keeps its own model at full precision between
+rounds. The history names both codecs (``codec_up``, ``codec_down``). The algorithm is a strategy
+object from :mod:`reft.strategies` (looked up by ``RunConfig.algorithm`` in its registry); the
+population it runs on is a :class:`reft.federation.Federation`. The Flower ServerApp
+(:mod:`reft.flower.server_app`) drives the same strategies through the same :func:`client_update` and
+:func:`participants`, so both engines train identically for one seed.
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ def run(
     if state is not None:
         _restore(state, strategy, fed, ledger)
         rows, start, setup_s = state.history[: cfg.rounds], state.round + 1, 0.0
+        rows = [{"algorithm": r["algorithm"], **codec_columns(cfg), **r} for r in rows]  # pre-codec checkpoints
         if rows:
             last = rows[-1]
             cum_up, cum_down, cum_sim = int(last["cum_bytes_up"]), int(last["cum_bytes_down"]), last["cum_sim_s"]
@@ -155,7 +160,7 @@ def run(
             down = 0
             if offer is not None:
                 with bench.phase("wire: encode and decode"):
-                    payload = ledger.record(rnd, cid, "down", comm.encode(offer))
+                    payload = ledger.record(rnd, cid, "down", comm.encode(offer, cfg.codec_down))
                     cl.model, down = comm.decode(payload), len(payload)
             if cl.model is None:
                 raise RuntimeError(f"{strategy.name}: client {cid} has no model; send() must give it one first.")
@@ -170,7 +175,7 @@ def run(
                     acc = train.evaluate(model, test_x, fed.test.y, device=fed.device, amp=fed.amp)
             work += time.perf_counter() - t
             with bench.phase("wire: encode and decode"):
-                payload = ledger.record(rnd, cid, "up", comm.encode(model))
+                payload = ledger.record(rnd, cid, "up", comm.encode(model, cfg.codec_up))
                 upload, why = receive(payload, max_up, diverged=fit.diverged)
             if upload is None:
                 rejected[cid] = why
@@ -195,6 +200,7 @@ def run(
         cum_up, cum_down, cum_sim = cum_up + up, cum_down + down, cum_sim + sim_round
         row = {
             "algorithm": strategy.name,
+            **codec_columns(cfg),
             "round": rnd,
             "server_acc": server_acc,
             "test_n": len(test.y),
@@ -306,6 +312,11 @@ def receive(payload: bytes, max_bytes: int | None, diverged: bool = False) -> tu
         return comm.decode(payload, max_bytes=max_bytes), ""
     except comm.PayloadError as e:
         return None, str(e)
+
+
+def codec_columns(cfg: RunConfig) -> dict[str, str]:
+    """The history's ``codec_up`` and ``codec_down``: how the run's models were stored on the wire."""
+    return {"codec_up": cfg.codec_up, "codec_down": cfg.codec_down}
 
 
 def rejection_columns(rejected: Mapping[int, str]) -> dict[str, Any]:

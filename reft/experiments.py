@@ -38,6 +38,8 @@ def summary(result: RunResult, target_acc: float | None = None) -> dict:
     row = {
         "method": result.strategy.name,
         "partition": partition_label(cfg.partition if cfg.partition != "dirichlet" else cfg.alpha),
+        "codec_up": cfg.codec_up,  # how models were stored on the wire (reft.codecs); the MB below are those bytes
+        "codec_down": cfg.codec_down,
         "rounds": len(h),
         "final_acc": float(h["server_acc"].iloc[-1]),
         "final_test_n": int(h["test_n"].iloc[-1]),

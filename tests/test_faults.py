@@ -326,6 +326,7 @@ BAD_CONFIG = {
     "final_test": (1, None),
     "resume": ("no", None), "keep_checkpoints": (0, None), "device": (0, "nope"), "amp": ("yes", None),
     "augment": ("on", None), "diagnostics_every": ("1", -1),
+    "codec_up": (8, "int4"), "codec_down": (None, "bf16"),
 }  # fmt: skip
 
 

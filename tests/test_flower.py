@@ -153,3 +153,35 @@ def test_simulation_engines_run_the_same_app(tmp_path, engine):
     assert res.history["arrived"].iloc[0] == 3 and res.failures.empty
     assert res.ledger["bytes"].sum() == res.history["cum_bytes"].iloc[-1]
     assert res.leftover == []
+
+
+@pytest.mark.flower
+@needs_flwr
+@pytest.mark.parametrize(
+    ("algorithm", "codecs"),
+    [
+        pytest.param("fedavg", {}, id="fedavg"),
+        pytest.param("heterofl", {}, id="heterofl"),
+        pytest.param("fedavg-weakest", {}, id="fedavg-weakest", marks=pytest.mark.slow),
+        pytest.param("feddf", {}, id="feddf", marks=pytest.mark.slow),
+        pytest.param("reft", {}, id="reft", marks=pytest.mark.slow),
+        pytest.param("fedavg", {"codec_up": "int8", "codec_down": "fp16"}, id="fedavg-int8-up", marks=pytest.mark.slow),
+    ],
+)
+def test_deployment_matches_the_in_process_engine(tmp_path, algorithm, codecs):
+    """Same seed, same thread count: the deployment ends with the in-process engine's accuracy and Ledger."""
+    why = _can_isolate()
+    if why:
+        pytest.skip(why)
+    from reft.flower import launch
+
+    cfg = _tiny(algorithm=algorithm, local_epochs=1, **codecs)
+    table, hist = launch.compare(cfg, TIERS, engines=("in-process", "deploy"), threads=1, out_dir=tmp_path)
+    ours, flower = table.set_index("engine").loc["in-process"], table.set_index("engine").loc["deploy"]
+    assert flower["status"] == "finished" and flower["failures"] == 0 and flower["leftover_processes"] == 0
+    assert flower["final_acc"] == ours["final_acc"] > 0.1  # chance is 0.1
+    assert (flower["bytes_up"], flower["bytes_down"]) == (ours["bytes_up"], ours["bytes_down"])
+    assert flower["same_acc"] and flower["same_bytes"]
+    for col in ("server_acc", "bytes_up", "bytes_down"):  # every round, not only the totals
+        assert list(hist["deploy"][col]) == list(hist["in-process"][col]), col
+    assert set(hist["deploy"][["codec_up", "codec_down"]].itertuples(index=False)) == {(cfg.codec_up, cfg.codec_down)}

@@ -1,4 +1,5 @@
-"""REFT on Flower: the in-process engine's strategy objects on Flower's simulation and deployment engines.
+"""REFT on Flower: the in-process engine's strategy objects (all five algorithms of :mod:`reft.strategies`)
+on Flower's simulation and deployment engines, with the in-process engine's accuracy and Ledger totals.
 
 * :mod:`reft.flower.config`: a :class:`reft.config.RunConfig` as a Flower run config, and back;
   the Flower App's ``pyproject.toml`` (no Flower import);
@@ -14,7 +15,8 @@
 * :mod:`reft.flower.engines`: :func:`~reft.flower.engines.deploy`,
   :func:`~reft.flower.engines.simulate_superlink`, :func:`~reft.flower.engines.simulate` and
   :func:`~reft.flower.engines.run` (any of them in a child process in a loopback-only network namespace);
-* :mod:`reft.flower.compare`: :func:`~reft.flower.compare.compare` (side by side with the in-process engine);
+* :mod:`reft.flower.compare`: :func:`~reft.flower.compare.compare` (side by side with the in-process engine)
+  and :func:`~reft.flower.compare.compare_algorithms` (that for every algorithm: ``scripts/flower_parity.py``);
 * :mod:`reft.flower.launch`: the command line (:func:`~reft.flower.launch.main`); re-exports all of the above
   that callers use (``from reft.flower import launch``; ``launch.run``, ``launch.compare``, ...);
 * ``python -m reft.flower {deploy,simulate,simulate-superlink,app}``: the same from the command line.

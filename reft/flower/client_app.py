@@ -10,6 +10,8 @@ tier table). Without ``tier`` the client takes the tier the in-process engine wo
 The client's data come from :class:`reft.federation.Federation` built from the same RunConfig, so
 the shard (and its order) is exactly the in-process engine's. The model the client trains lives in
 ``Context.state`` between rounds (as its ``reft.comm`` bytes), because REFT does not resend it.
+Its reply reports the length of the payload it received this round (metric ``down``; 0 when it trained
+the kept model): the server's Ledger counts "down" bytes from that receipt.
 """
 
 from __future__ import annotations
@@ -113,8 +115,9 @@ def fit(msg: Message, context: Context, defaults: Mapping | None = None) -> Mess
     fed, acc = _federation(fconfig.signature(cfg), cfg), float("nan")
     if cfg.eval_clients:
         acc = train.evaluate(model, fed.test.x, fed.test.y, device=fed.device, amp=fed.amp)
-    up = comm.encode(model)
-    context.state["model"] = wire.pack(up)  # REFT keeps training this model; nothing is resent
+    up = comm.encode(model, cfg.codec_up)
+    kept = up if cfg.codec_up == "fp32" else comm.encode(model)  # the client's own model stays full precision
+    context.state["model"] = wire.pack(kept)  # REFT keeps training this model; nothing is resent
     _log(opts.out_dir, pid, {"round": rnd, "event": "sent", "bytes": len(up)})
     metrics = MetricRecord(
         {"samples": client.n_samples, "acc": acc, "train_s": train_s, "down": down, "up": len(up),

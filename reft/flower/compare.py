@@ -1,8 +1,10 @@
-"""The same REFT workload on the in-process engine (:mod:`reft.engine`) and on Flower's engines, side by side.
+"""The same workload on the in-process engine (:mod:`reft.engine`) and on Flower's engines, side by side.
 
-:func:`compare` gives one row per engine (status, wall time, rounds, final accuracy, MB up and down,
-accuracy difference from the in-process run) and each engine's history; :func:`has_flwr` tells whether
-an interpreter can run the Flower engines at all.
+:func:`compare` gives one row per engine (status, wall time, rounds, final accuracy, the Ledger's
+bytes up and down, and whether both equal the in-process run's) and each engine's history;
+:func:`compare_algorithms` does that for several algorithms (default: all five of
+:data:`ALGORITHMS`) and :func:`write_table` saves the table as CSV; :func:`has_flwr` tells whether an
+interpreter can run the Flower engines at all.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from reft.config import RunConfig
 from reft.flower import config as fconfig
 from reft.flower.engines import run
 
+ALGORITHMS = ("reft", "fedavg", "fedavg-weakest", "feddf", "heterofl")
+TABLE = "flower_parity.csv"  # the file :func:`write_table` writes
+
 
 def has_flwr(python: str | None = None) -> bool:
     """Whether ``python`` (default: this interpreter) can import flwr (checked without importing it)."""
@@ -36,12 +41,14 @@ def compare(
     out_dir: str | Path | None = None,
     splits=None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """The same REFT workload on the in-process engine and on Flower's engines; one row per engine.
+    """The same workload (``cfg.algorithm``, its codecs) on the in-process engine and on Flower's engines.
 
     Every engine runs with ``threads`` torch threads per process (the thread count changes float
     summation order, so equal counts give equal numbers). ``tiers`` (one per client) are what the
     SuperNodes report; the in-process run gets them as ``tier_mix``. Flower engines are skipped
-    (``status`` says so) when ``python`` has no flwr. Returns the table and each engine's history.
+    (``status`` says so) when ``python`` has no flwr. Returns the table (one row per engine; ``bytes_up``
+    and ``bytes_down`` are the Ledger's totals; ``same_acc`` and ``same_bytes`` compare them with the
+    in-process run's, exactly) and each engine's history.
     """
     import torch
 
@@ -54,7 +61,12 @@ def compare(
     flwr_ok = has_flwr(python)
     rows, histories = [], {}
     for engine in engines:
-        row: dict = {"engine": engine}
+        row: dict = {
+            "algorithm": cfg.algorithm,
+            "codec_up": cfg.codec_up,
+            "codec_down": cfg.codec_down,
+            "engine": engine,
+        }
         if engine == "in-process":
             before = torch.get_num_threads()
             torch.set_num_threads(threads)
@@ -64,7 +76,7 @@ def compare(
                 wall = time.perf_counter() - t0
             finally:
                 torch.set_num_threads(before)
-            h = res.history
+            h, ledger = res.history, res.ledger.frame()
             row.update(status="finished", total_wall_s=wall, run_wall_s=wall, failures=0)
         elif not flwr_ok:
             rows.append({**row, "status": "skipped: flwr not installed (pip install -e '.[flower]')"})
@@ -72,7 +84,7 @@ def compare(
         else:
             opts = fconfig.FlowerOptions(out_dir=str(out / engine), threads=threads)
             res = run(engine, cfg, tiers=tiers if engine == "deploy" else None, options=opts, python=python)
-            h = res.history
+            h, ledger = res.history, res.ledger
             row.update(
                 status=res.status.get("status"),
                 total_wall_s=res.status["total_wall_s"],
@@ -81,15 +93,49 @@ def compare(
                 leftover_processes=len(res.leftover),
             )
         histories[engine] = h
+        by_dir = ledger.groupby("direction")["bytes"].sum() if len(ledger) else pd.Series(dtype=int)
         row.update(
             rounds=len(h),
             final_acc=float(h["server_acc"].iloc[-1]),
-            mb_up=float(h["bytes_up"].sum()) / 1e6,
-            mb_down=float(h["bytes_down"].sum()) / 1e6,
+            bytes_up=int(by_dir.get("up", 0)),
+            bytes_down=int(by_dir.get("down", 0)),
         )
+        row.update(mb_up=row["bytes_up"] / 1e6, mb_down=row["bytes_down"] / 1e6)
         rows.append(row)
     table = pd.DataFrame(rows)
     if "in-process" in histories and "final_acc" in table:
-        ref = table.loc[table.engine == "in-process", "final_acc"].iloc[0]
-        table["acc_diff_points"] = 100 * (table["final_acc"] - ref)
+        ref = table.loc[table.engine == "in-process"].iloc[0]
+        table["acc_diff_points"] = 100 * (table["final_acc"] - ref["final_acc"])
+        table["same_acc"] = table["final_acc"] == ref["final_acc"]
+        table["same_bytes"] = (table["bytes_up"] == ref["bytes_up"]) & (table["bytes_down"] == ref["bytes_down"])
     return table, histories
+
+
+def compare_algorithms(
+    cfg: RunConfig,
+    algorithms: Sequence[str] = ALGORITHMS,
+    tiers: Sequence[str] | None = None,
+    engines: Sequence[str] = ("in-process", "deploy"),
+    threads: int = 1,
+    python: str | None = None,
+    out_dir: str | Path | None = None,
+    splits=None,
+) -> pd.DataFrame:
+    """:func:`compare` for every algorithm of ``algorithms`` (same seed, same codecs: ``cfg``'s); one table,
+    one row per algorithm and engine. The dataset is loaded once (``splits``, default ``cfg.dataset``)."""
+    from reft import engine as reft_engine
+
+    splits = reft_engine.source(cfg, splits) if "in-process" in engines else splits
+    out = Path(out_dir or tempfile.mkdtemp(prefix="reft-flower-parity-"))
+    tables = [
+        compare(cfg.replace(algorithm=a), tiers, engines, threads, python, out / a, splits)[0] for a in algorithms
+    ]
+    return pd.concat(tables, ignore_index=True)
+
+
+def write_table(table: pd.DataFrame, out_dir: str | Path) -> Path:
+    """Write ``table`` as ``out_dir``/:data:`TABLE` (folder made if needed); returns the file's path."""
+    path = Path(out_dir) / TABLE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path

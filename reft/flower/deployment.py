@@ -212,7 +212,7 @@ class Deployment:
         kill: tuple[int, int] | None = None,
         kill_signal: int = signal.SIGKILL,
     ) -> FlowerResult:
-        """Submit REFT with ``flwr run`` and wait until the ServerApp is done.
+        """Submit the run (``cfg.algorithm``) with ``flwr run`` and wait until the ServerApp is done.
 
         ``kill=(partition_id, round)`` kills that SuperNode as soon as its ClientApp starts training
         in that round (a crash mid-round); the round completes with the other clients.

@@ -41,7 +41,7 @@ def deploy(
     timeout: float = 600.0,
     kill_signal: int = signal.SIGKILL,
 ) -> FlowerResult:
-    """Start a SuperLink + ``cfg.n_clients`` SuperNodes on loopback, run REFT, stop everything.
+    """Start a SuperLink + ``cfg.n_clients`` SuperNodes on loopback, run ``cfg.algorithm``, stop everything.
 
     ``tiers`` (one per SuperNode) go into the node configs; by default each node takes the tier
     ``cfg.tier_mix`` gives it (as in the in-process engine). ``result.leftover`` lists PIDs that
@@ -132,7 +132,7 @@ def run(
     timeout: float = 900.0,
     num_cpus: int | None = None,
 ) -> FlowerResult:
-    """Run REFT on a Flower engine in a child process: ``"deploy"`` (SuperLink + SuperNodes),
+    """Run ``cfg.algorithm`` on a Flower engine in a child process: ``"deploy"`` (SuperLink + SuperNodes),
     ``"simulate"`` (``run_simulation``) or ``"simulate-superlink"`` (``flwr run`` on a simulation SuperLink).
 
     With ``isolate`` (default) the child runs in a loopback-only network namespace (unless this

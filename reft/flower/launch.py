@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 
-def _parse_value(text: str) -> bool | int | float | str:
+def parse_value(text: str) -> bool | int | float | str:
+    """A ``--set KEY=VALUE`` value as a Flower run-config scalar (JSON if it parses as one, else text)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -52,7 +53,7 @@ def _parse_value(text: str) -> bool | int | float | str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: run REFT on Flower, or write the Flower App folder for ``flwr run``.
+    """Command line: run any algorithm on Flower, or write the Flower App folder for ``flwr run``.
 
     Examples::
 
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "=" not in item:
             ap.error(f"--set takes KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        user[k.strip()] = _parse_value(v.strip())
+        user[k.strip()] = parse_value(v.strip())
     tiers = [t.strip() for t in args.tiers.split(",")] if args.tiers else None
     if tiers:
         user.setdefault("n-clients", len(tiers))

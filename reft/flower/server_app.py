@@ -14,6 +14,11 @@ reported in ``failures`` and the round goes on with the uploads that arrived. An
 but is rejected (:func:`reft.engine.receive`: malformed, too large, non-finite, or the client reports
 that its training diverged) is counted in the Ledger, left out of the aggregation and named in the
 history's ``rejected`` and ``rejected_reasons``, as in the in-process engine.
+
+The Ledger counts "down" bytes on the client's receipt: the ClientApp reports the length of the payload
+it received (its reply's ``down`` metric) and the server records that when the reply arrives; a client
+that never replies has no receipt and no "down" row. A receipt that differs from what the server sent
+is named in ``failures``. For every client that replies the totals are the in-process engine's.
 """
 
 from __future__ import annotations
@@ -107,6 +112,13 @@ def exchange(
     return replies, failed
 
 
+def receipt(metrics: Mapping, sent: int | None) -> int | None:
+    """The bytes a client reports it received this round (its reply's ``down`` metric), or None when
+    the server sent it nothing and it reports nothing (no Ledger row, as in the in-process engine)."""
+    got = int(metrics.get("down", 0))
+    return got if got or sent is not None else None
+
+
 def _wait_for_nodes(grid: Grid, n: int, timeout: float, poll: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
@@ -176,8 +188,8 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
                 local = json.dumps(strategy.local_options(fed, cl))  # how to train, beyond the model
                 content = RecordDict({"round": ConfigRecord({"round": rnd, "local": local})})
                 offer: nn.Module | None = strategy.send(fed, rnd, cl)
-                if offer is not None:
-                    payload = ledger.record(rnd, cid, "down", comm.encode(offer))
+                if offer is not None:  # counted in the Ledger when the client reports its receipt
+                    payload = comm.encode(offer, cfg.codec_down)
                     content["model"] = wire.pack(payload)
                     down_of[cid] = len(payload)
                 msgs.append(Message(content, dst_node_id=cl.node_id, message_type="train", group_id=str(rnd)))
@@ -190,28 +202,37 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
             stats = []
             for node, reply in sorted(replies.items(), key=lambda kv: by_node[kv[0]].id):
                 cid = by_node[node].id
-                payload = ledger.record(rnd, cid, "up", wire.unpack(reply.content["model"]))
                 m = reply.content["metrics"]
+                got = receipt(m, down_of.get(cid))
+                if got is not None:  # "down" bytes: what the client says it received, counted now
+                    ledger.count(rnd, cid, "down", got)
+                if got != down_of.get(cid):
+                    why = f"reported receiving {got or 0} bytes; the server sent {down_of.get(cid, 0)}"
+                    fails.append({"round": rnd, "client": cid, "node_id": node, "reason": why})
+                payload = ledger.record(rnd, cid, "up", wire.unpack(reply.content["model"]))
                 upload, why = engine.receive(payload, max_up, diverged=bool(m.get("diverged", 0)))
                 if upload is None:
                     rejected[cid] = why
                 else:
                     uploads[cid] = upload
-                stats.append({"acc": float(m["acc"]), "train_s": float(m["train_s"]), "up": len(payload)})
+                stats.append(
+                    {"acc": float(m["acc"]), "train_s": float(m["train_s"]), "down": got or 0, "up": len(payload)}
+                )
             for node, why in failed.items():
                 fails.append({"round": rnd, "client": by_node[node].id, "node_id": node, "reason": why})
             extra: dict[str, float] = {}
             t_s = time.perf_counter()
-            if uploads:  # REFT distils what arrived; nothing arrived: the server model stays as it is
+            if uploads:  # the strategy aggregates what arrived; nothing arrived: the server model stays as it is
                 extra = strategy.aggregate(fed, rnd, uploads)
             test = fed.test_for(rnd)
             server_acc = train.evaluate(strategy.server_model, test.x, test.y, device=fed.device, amp=fed.amp)
             server_s = time.perf_counter() - t_s
-            up, down = sum(s["up"] for s in stats), sum(down_of.values())
+            up, down = sum(s["up"] for s in stats), sum(s["down"] for s in stats)
             cum_up, cum_down = cum_up + up, cum_down + down
             rows.append(
                 {
                     "algorithm": strategy.name,
+                    **engine.codec_columns(cfg),
                     "round": rnd,
                     "server_acc": server_acc,
                     "test_n": len(test.y),
