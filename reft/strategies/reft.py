@@ -29,9 +29,9 @@ class REFT(Strategy):
     distils into the current server model, ``"fresh"`` into the seeded initial weights every round;
     ``ema`` > 0 keeps an exponential moving average of the server weights across rounds
     (``ema * previous + (1 - ema) * distilled``; the first round takes the distilled model).
-    The defaults (lowest KD loss, warm start, no EMA) are the behaviour the companion always had; the
-    study at notebook 03's fmnist settings (Dirichlet 0.5, seeds 0-2) found no variant better or worse
-    than it by the rule of :mod:`reft.stats`, so they stay (see the README).
+    The defaults (lowest KD loss, warm start, no EMA) are the paper-faithful behaviour; the study at
+    notebook 03's fmnist settings (Dirichlet 0.5, seeds 0-2) found no variant better than it by the rule
+    of :mod:`reft.stats` (fresh start worse; agreement and EMA 0.5 inconclusive), so they stay (README).
     """
 
     name = "reft"
