@@ -28,7 +28,11 @@ METHODS = {
     "feddf": "FedDF",
     "heterofl": "HeteroFL",
 }
-
+# 03_versus.csv holds method - REFT; REFT's own verdict against the method is the flipped one
+FLIP = {"better": "worse", "worse": "better", "on par": "on par", "inconclusive": "inconclusive"}
+# REFT's verdict against FedAvg, as the claims table words it
+AS_CLAIM = {"better": "reproduced (REFT better)", "on par": "reproduced (on par)",
+            "worse": "not reproduced (REFT worse)", "inconclusive": "inconclusive"}  # fmt: skip
 
 RESULTS = ROOT / "results"  # tests may point this at other results
 
@@ -109,13 +113,12 @@ def where_reft_stands() -> str:
     """Notebook 03: for each partition, which methods REFT beats, loses to, ties or cannot be told from,
     by the rule of reft/stats.py on the paired intervals of 03_versus.csv (method - REFT)."""
     v = results("03_versus")
-    as_reft = {"better": "worse", "worse": "better", "on par": "on par", "inconclusive": "inconclusive"}
     lines = ["| partition | REFT is better than | REFT is worse than | on par (within ±1 point) | inconclusive |",
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for part, g in v.groupby("partition", sort=False):
         cell = {k: [] for k in ("better", "worse", "on par", "inconclusive")}
         for r in g.itertuples(index=False):
-            cell[as_reft[r.verdict]].append(
+            cell[FLIP[r.verdict]].append(
                 f"{METHODS.get(r.method, r.method)} ({interval(-r.diff_mean, -r.diff_ci_high, -r.diff_ci_low)})"
             )
         lines.append(f"| {part} | " + " | ".join(", ".join(cell[k]) or "-" for k in cell) + " |")
@@ -125,10 +128,9 @@ def where_reft_stands() -> str:
 def _reft_vs(v: pd.DataFrame, method: str) -> dict[str, tuple[str, str]]:
     """Per partition: REFT against ``method`` (REFT - method in points with its interval) and the verdict
     of REFT by the rule of reft/stats.py (03_versus.csv holds method - REFT: the interval flips)."""
-    flip = {"better": "worse", "worse": "better", "on par": "on par", "inconclusive": "inconclusive"}
     out = {}
     for r in v[v["method"] == method].itertuples(index=False):
-        out[r.partition] = (interval(-r.diff_mean, -r.diff_ci_high, -r.diff_ci_low), flip[r.verdict])
+        out[r.partition] = (interval(-r.diff_mean, -r.diff_ci_high, -r.diff_ci_low), FLIP[r.verdict])
     return out
 
 
@@ -146,9 +148,7 @@ def claim_rows() -> list[dict[str, str]]:
     weakest = tier_cols[-1]
     acc_vs = _reft_vs(v, "fedavg")
     kd = {p: stats.paired(g["client_acc_mean"], g["final_acc"]) for p, g in reft.groupby("partition", sort=False)}
-    as_claim = {"better": "reproduced (REFT better)", "on par": "reproduced (on par)",
-                "worse": "not reproduced (REFT worse)", "inconclusive": "inconclusive"}  # fmt: skip
-    verdict_acc = "; ".join(f"{p}: {as_claim[vd]}" for p, (_, vd) in acc_vs.items())
+    verdict_acc = "; ".join(f"{p}: {AS_CLAIM[vd]}" for p, (_, vd) in acc_vs.items())
     return [
         {
             "claim of the paper's abstract": "Variable pruning cuts model size",
@@ -203,7 +203,7 @@ def claim_rows() -> list[dict[str, str]]:
             + "; ".join(f"{p} {interval(d.mean, d.low, d.high)}" for p, d in kd.items()),
             "rule": "the distilled dense model is better than the mean of the pruned client models (paired rule)",
             "verdict": "; ".join(
-                f"{p}: {'reproduced' if d.verdict == 'better' else as_claim[d.verdict]}" for p, d in kd.items()
+                f"{p}: {'reproduced' if d.verdict == 'better' else AS_CLAIM[d.verdict]}" for p, d in kd.items()
             ),
         },
     ]
@@ -419,13 +419,11 @@ def stands_problems(text: str, versus: pd.DataFrame) -> list[str]:
 def claim_problems(text: str, versus: pd.DataFrame) -> list[str]:
     """The printed claims table's "Accuracy is maintained" verdict against the rule of reft/stats.py on
     REFT vs FedAvg in 03_versus.csv, partition by partition."""
-    as_claim = {"worse": "reproduced (REFT better)", "on par": "reproduced (on par)",
-                "better": "not reproduced (REFT worse)", "inconclusive": "inconclusive"}  # fmt: skip
     (row,) = [r for r in _block_rows(text, "claims") if r["claim of the paper's abstract"] == "Accuracy is maintained"]
     printed = dict(part.split(": ", 1) for part in row["verdict"].split("; "))
     problems = []
     for r in versus[versus["method"] == "fedavg"].itertuples(index=False):
-        want = as_claim[stats.verdict(r.diff_ci_low, r.diff_ci_high)]
+        want = AS_CLAIM[FLIP[stats.verdict(r.diff_ci_low, r.diff_ci_high)]]
         if printed.get(r.partition) != want:
             problems.append(f"{r.partition}: README says {printed.get(r.partition)!r}, the rule gives {want!r}")
     return problems
