@@ -1,16 +1,20 @@
 """Experiments over runs: sweeps over config variants, every method on every partition, and the tables
 read from their histories (summary row, time to accuracy, accuracy within a byte budget).
 
-Nothing here trains on its own; every number comes from :func:`reft.engine.run`.
+Nothing here trains on its own; every number comes from :func:`reft.engine.run`. A sweep may run its
+independent runs in worker processes (``workers``), each with an equal share of torch's threads.
 """
 
 from __future__ import annotations
 
+import functools
+import multiprocessing as mp
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from reft import data
@@ -80,6 +84,53 @@ def partition_label(partition: str | float) -> str:
     return partition if isinstance(partition, str) else f"dirichlet({float(partition):g})"
 
 
+#: Rough relative cost of one run per algorithm, to start the longest runs first in worker processes
+#: (so that the last worker does not finish alone). Unknown algorithms count 1.
+_COST = {"feddf": 4.0, "reft": 2.0, "fedavg": 1.0, "heterofl": 0.6, "fedavg-weakest": 0.2}
+
+
+@functools.lru_cache(maxsize=1)
+def _load(dataset: str, seed: int) -> data.Splits:
+    return data.load(dataset, seed=seed)
+
+
+_SPLITS: data.Splits | None = None  # a worker's copy of the caller's splits (sweeps without seeds)
+
+
+def _init_worker(threads: int, splits: data.Splits | None) -> None:
+    global _SPLITS
+    torch.set_num_threads(threads)
+    _SPLITS = splits
+
+
+def _work(job: tuple[int, RunConfig]) -> tuple[int, RunResult]:
+    i, cfg = job
+    return i, run(cfg, _SPLITS if _SPLITS is not None else _load(cfg.dataset, cfg.seed))
+
+
+def _run_all(configs: Sequence[RunConfig], splits: data.Splits | None, workers: int, progress: bool) -> list[RunResult]:
+    """Every config's run, in order: here one after another (``workers`` 1), or in ``workers`` spawned
+    processes with ``torch.get_num_threads() // workers`` threads each, longest runs first."""
+    bar = tqdm(total=len(configs), desc="runs", disable=not progress)
+    if workers == 1:
+        out = []
+        for cfg in configs:
+            out.append(run(cfg, splits if splits is not None else _load(cfg.dataset, cfg.seed)))
+            bar.update()
+        bar.close()
+        return out
+    order = sorted(range(len(configs)), key=lambda i: -_COST.get(configs[i].algorithm, 1.0))
+    jobs = [(i, configs[i].replace(progress=False)) for i in order]  # one bar here, none in the workers
+    threads = max(1, torch.get_num_threads() // workers)
+    results: dict[int, RunResult] = {}
+    with mp.get_context("spawn").Pool(workers, _init_worker, (threads, splits)) as pool:  # exit: terminate
+        for i, res in pool.imap_unordered(_work, jobs):
+            results[i] = res
+            bar.update()
+    bar.close()
+    return [results[i] for i in range(len(configs))]
+
+
 def sweep(
     base: RunConfig,
     splits: data.Splits | None,
@@ -88,6 +139,7 @@ def sweep(
     target_acc: float | None = None,
     save_prefix: str | None = None,
     seeds: Sequence[int] | None = None,
+    workers: int = 1,
 ) -> Comparison:
     """Run ``base`` once per variant (a dict of RunConfig changes, keyed by its label or a tuple of
     labels named by ``names``): one summary row per run, every history and client table, labelled.
@@ -97,26 +149,29 @@ def sweep(
     The data are then loaded per seed (``splits`` must be None: a split belongs to its seed).
     With ``save_prefix`` each run's history is saved after every round as
     ``results/<profile>/<save_prefix>_<labels>.csv`` (``..._seed<k>.csv`` with seeds).
+    ``workers`` > 1 runs the runs in that many spawned processes, each with an equal share of torch's
+    threads (a run's numbers depend on its thread count, not on the process it runs in); an interrupt
+    stops them all. Rows come back in the order of the variants either way.
     """
     if seeds is not None and (splits is not None or not seeds or len(set(seeds)) != len(seeds)):
         raise ValueError("With seeds: pass splits=None (each seed loads its own split) and distinct seeds.")
-    results, tables, histories, clients = [], [], [], []
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1 (1: run in this process); got {workers!r}.")
     runs = [(None, key, ch) for key, ch in variants.items()] if seeds is None else [
         (seed, key, ch) for seed in seeds for key, ch in variants.items()]  # fmt: skip
-    loaded: dict[int, data.Splits] = {}
-    for seed, key, changes in tqdm(runs, desc="runs", disable=not base.progress):
+    labelled, configs = [], []
+    for seed, key, changes in runs:
         labels = dict(zip(names, key if isinstance(key, tuple) else (key,), strict=True))
         name = "_".join([save_prefix, *map(str, labels.values())]) if save_prefix else None
         if seed is not None:
             name = f"{name}_seed{seed}" if name else None
             labels["seed"], changes = seed, {**changes, "seed": seed}
-            if seed not in loaded:
-                loaded = {seed: data.load(base.dataset, seed=seed)}  # one split in memory at a time
-        res = run(base.replace(save_as=name, **changes), loaded.get(seed, splits))
-        results.append(res)
-        tables.append({**summary(res, target_acc), **labels})
-        histories.append(res.history.assign(**labels))
-        clients.append(res.clients.assign(**labels))
+        labelled.append(labels)
+        configs.append(base.replace(save_as=name, **changes))
+    results = _run_all(configs, splits, workers, base.progress)
+    tables = [{**summary(res, target_acc), **labels} for res, labels in zip(results, labelled, strict=True)]
+    histories = [res.history.assign(**labels) for res, labels in zip(results, labelled, strict=True)]
+    clients = [res.clients.assign(**labels) for res, labels in zip(results, labelled, strict=True)]
     return Comparison(pd.DataFrame(tables), pd.concat(histories, ignore_index=True), pd.concat(clients), results)
 
 
@@ -128,11 +183,13 @@ def compare(
     target_acc: float | None = None,
     save_prefix: str | None = None,
     seeds: Sequence[int] | None = None,
+    workers: int = 1,
 ) -> Comparison:
     """Every method on every partition with otherwise identical settings (``base``): a :func:`sweep`
-    labelled by ``method`` and ``partition`` (and ``seed``, paired, with ``seeds``)."""
+    labelled by ``method`` and ``partition`` (and ``seed``, paired, with ``seeds``), in ``workers``
+    processes."""
     variants = {(m, partition_label(p)): {"algorithm": m, **partition_kw(p)} for p in partitions for m in methods}
-    return sweep(base, splits, variants, ("method", "partition"), target_acc, save_prefix, seeds)
+    return sweep(base, splits, variants, ("method", "partition"), target_acc, save_prefix, seeds, workers)
 
 
 def budget_table(

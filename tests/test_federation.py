@@ -209,3 +209,20 @@ def test_diagnostics_every_k_rounds_leave_the_training_alone(splits, algorithm) 
     if algorithm == "reft":
         assert last["ensemble_acc"].isna().tolist() == [True, True, False]
         assert last["ensemble_acc"].iloc[-1] == every["ensemble_acc"].iloc[-1]
+
+
+def test_worker_processes_give_the_numbers_of_one_process(splits) -> None:
+    base = RunConfig(**{**TINY, "rounds": 1, "distill_epochs": 1, "progress": False})
+    methods = ["fedavg", "reft", "heterofl"]
+    here = experiments.compare(base, None, methods, ["iid"], seeds=[0, 1])  # one thread (the module's)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers get 2 // 2 = 1 thread each
+    try:
+        there = experiments.compare(base, None, methods, ["iid"], seeds=[0, 1], workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    cols = ["method", "partition", "seed", "final_acc", "mb_up", "mb_down"]
+    pd.testing.assert_frame_equal(here.table[cols], there.table[cols])  # same rows, same order, same numbers
+    assert here.history["server_acc"].tolist() == there.history["server_acc"].tolist()
+    with pytest.raises(ValueError, match="workers must be an int >= 1"):
+        experiments.compare(base, None, ["fedavg"], ["iid"], seeds=[0], workers=0)
