@@ -329,6 +329,36 @@ def selection() -> str:
     )
 
 
+def codecs() -> str:
+    """Notebook 03: each method's upload codecs against its fp32 runs, paired by seed, with the Ledger's MB."""
+    s, v = results("03_codecs_summary"), results("03_codecs_versus")
+    t = s.merge(v, on=["method", "partition", "codec_up"], how="left")
+    return markdown(
+        pd.DataFrame(
+            {
+                "method": t["method"].map(lambda m: METHODS.get(m, m)),
+                "partition": t["partition"],
+                "upload codec": t["codec_up"],
+                "seeds": t["final_acc_n"],
+                "final acc (%), mean ± 95% CI": [
+                    pm(m, lo, hi)
+                    for m, lo, hi in zip(
+                        t["final_acc_mean"], t["final_acc_ci_low"], t["final_acc_ci_high"], strict=True
+                    )
+                ],  # fmt: skip
+                "codec − fp32 (points), 95% CI": [
+                    "reference" if pd.isna(m) else interval(m, lo, hi)
+                    for m, lo, hi in zip(t["diff_mean"], t["diff_ci_low"], t["diff_ci_high"], strict=True)
+                ],
+                "verdict vs fp32": t["verdict"].fillna("-"),
+                "MB up": t["mb_up_mean"].map(lambda x: f"{x:.2f}"),
+                "MB down": t["mb_down_mean"].map(lambda x: f"{x:.2f}"),
+                "MB total": t["mb_total_mean"].map(lambda x: f"{x:.2f}"),
+            }
+        )
+    )
+
+
 def _median_run(t: pd.DataFrame) -> pd.DataFrame:
     """Per (algorithm, phase), the median over repeats (``rep``) of seconds and of the sustained rate;
     GFLOP/s, shares and % of sustained recomputed from those medians."""
@@ -436,6 +466,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "where-reft-stands": where_reft_stands,
     "gflops-by-tier": gflops_by_tier,
     "selection": selection,
+    "codecs": codecs,
     "claims": claims,
     "tiers": tiers,
     "run-times": run_times,
