@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     prof = yaml.safe_load((ROOT / "notebooks" / "profiles.yaml").read_text())["fmnist"]
     params = {**prof["common"], **prof["notebooks"]["03_federated_comparison"], "seeds": [0]}
-    for key in ("workers", "codecs_up", "codec_methods", "codec_seeds"):
-        params.pop(key, None)  # the engine alone: no codec study; workers only when --set asks
+    for key in ("workers", "codec_methods", "codec_seeds"):
+        params.pop(key, None)  # workers only when --set asks
+    params["codecs_up"] = []  # the engine alone: no codec study (a notebook without it ignores the name)
     for item in args.set:
         k, v = item.split("=", 1)
         params[k] = yaml.safe_load(v)
