@@ -359,6 +359,30 @@ def codecs() -> str:
     )
 
 
+def flower_parity() -> str:
+    """scripts/flower_parity.py: every method on the in-process engine and on Flower's deployment engine
+    (same seed, one torch thread per process), with fp32 and with int8 uploads."""
+    t = results("flower_parity")
+
+    def yes(v: object) -> str:
+        return "yes" if str(v) == "True" else "no"
+
+    return markdown(
+        pd.DataFrame(
+            {
+                "method": t["algorithm"].map(lambda m: METHODS.get(m, m)),
+                "upload codec": t["codec_up"],
+                "engine": t["engine"],
+                "final acc (%)": (100 * t["final_acc"]).map(lambda x: f"{x:.2f}"),
+                "bytes up": t["bytes_up"].map(lambda x: f"{int(x):,}"),
+                "bytes down": t["bytes_down"].map(lambda x: f"{int(x):,}"),
+                "same acc as in-process": t["same_acc"].map(yes),
+                "same bytes as in-process": t["same_bytes"].map(yes),
+            }
+        )
+    )
+
+
 def _median_run(t: pd.DataFrame) -> pd.DataFrame:
     """Per (algorithm, phase), the median over repeats (``rep``) of seconds and of the sustained rate;
     GFLOP/s, shares and % of sustained recomputed from those medians."""
@@ -467,6 +491,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "gflops-by-tier": gflops_by_tier,
     "selection": selection,
     "codecs": codecs,
+    "flower-parity": flower_parity,
     "claims": claims,
     "tiers": tiers,
     "run-times": run_times,
