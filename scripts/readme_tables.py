@@ -302,6 +302,17 @@ def speedups() -> str:
     )
 
 
+def final_acc(t: pd.DataFrame) -> list[str]:
+    """A summary's final accuracy as ``mean ± half-width`` in percent, row by row."""
+    return [pm(*r) for r in zip(t["final_acc_mean"], t["final_acc_ci_low"], t["final_acc_ci_high"], strict=True)]
+
+
+def differences(t: pd.DataFrame) -> list[str]:
+    """A versus table's paired differences with their intervals; ``reference`` where there is none."""
+    cols = zip(t["diff_mean"], t["diff_ci_low"], t["diff_ci_high"], strict=True)
+    return ["reference" if pd.isna(m) else interval(m, lo, hi) for m, lo, hi in cols]
+
+
 def selection() -> str:
     """Notebook 02: REFT's server-model choices on the same federation, against kd_loss, paired by seed."""
     s, v = results("02_selection_summary"), results("02_selection_versus")
@@ -312,17 +323,9 @@ def selection() -> str:
                 "partition": t["partition"],
                 "variant": t["variant"],
                 "seeds": t["final_acc_n"],
-                "final acc (%), mean ± 95% CI": [
-                    pm(m, lo, hi)
-                    for m, lo, hi in zip(
-                        t["final_acc_mean"], t["final_acc_ci_low"], t["final_acc_ci_high"], strict=True
-                    )
-                ],  # fmt: skip
+                "final acc (%), mean ± 95% CI": final_acc(t),
                 "largest one-round drop (points), mean": (100 * t["largest_drop_mean"]).map(lambda x: f"{x:.1f}"),
-                "variant − kd_loss (points), 95% CI": [
-                    "reference" if pd.isna(m) else interval(m, lo, hi)
-                    for m, lo, hi in zip(t["diff_mean"], t["diff_ci_low"], t["diff_ci_high"], strict=True)
-                ],
+                "variant − kd_loss (points), 95% CI": differences(t),
                 "verdict vs kd_loss": t["verdict"].fillna("-"),
             }
         )
@@ -340,16 +343,8 @@ def codecs() -> str:
                 "partition": t["partition"],
                 "upload codec": t["codec_up"],
                 "seeds": t["final_acc_n"],
-                "final acc (%), mean ± 95% CI": [
-                    pm(m, lo, hi)
-                    for m, lo, hi in zip(
-                        t["final_acc_mean"], t["final_acc_ci_low"], t["final_acc_ci_high"], strict=True
-                    )
-                ],  # fmt: skip
-                "codec − fp32 (points), 95% CI": [
-                    "reference" if pd.isna(m) else interval(m, lo, hi)
-                    for m, lo, hi in zip(t["diff_mean"], t["diff_ci_low"], t["diff_ci_high"], strict=True)
-                ],
+                "final acc (%), mean ± 95% CI": final_acc(t),
+                "codec − fp32 (points), 95% CI": differences(t),
                 "verdict vs fp32": t["verdict"].fillna("-"),
                 "MB up": t["mb_up_mean"].map(lambda x: f"{x:.2f}"),
                 "MB down": t["mb_down_mean"].map(lambda x: f"{x:.2f}"),
