@@ -131,7 +131,7 @@ class RunConfig:
     importance: str = "l2"
     # where the run computes: "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N" or "mps"
     device: str = "auto"
-    amp: bool = False  # bf16 autocast where the device is CUDA; elsewhere no effect (warned by the engine)
+    amp: bool = False  # bf16 autocast on CUDA and CPUs with native bf16; elsewhere fp32 (warned by the engine)
     # the wire: how models are stored in the payloads each way (reft.codecs: "fp32", "fp16" or "int8")
     codec_up: str = "fp32"  # client -> server uploads
     codec_down: str = "fp32"  # server -> client models

@@ -11,7 +11,8 @@ Three pieces, as in FedDF and REFT:
   per student epoch.
 
 Both run on a ``device`` (as :mod:`reft.train`'s loops: the models move there in place; the public set
-and the teacher outputs are moved there once if they are elsewhere) with optional bf16 ``amp`` on CUDA.
+and the teacher outputs are moved there once if they are elsewhere) with optional bf16 ``amp``
+(:func:`reft.train.autocast`).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def distill(
     ``schedule="cosine"`` anneals the learning rate to 0 over the step budget (``epochs`` x batches
     per epoch), stepped every batch; ``clip_grad`` clips the gradient norm (FedDF's code: cosine, 5).
     Student, teachers and data work on ``device`` (the student moves there in place); ``amp``: bf16
-    autocast on CUDA.
+    autocast where the device supports it (:func:`reft.train.amp_device`).
     """
     _check_temperature(temperature)
     if len(public_x) == 0:
@@ -195,7 +196,8 @@ def distill(
                 idx = perm[i : i + batch_size]
                 xb = x_tr[idx].contiguous(memory_format=fmt) if x_tr.dim() == 4 else x_tr[idx]
                 with autocast(dev, amp):
-                    loss = kd_loss(student(xb), t_tr[idx], temperature)
+                    logits = student(xb)
+                loss = kd_loss(logits.float(), t_tr[idx], temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip_grad is not None:

@@ -287,10 +287,13 @@ def client_update(
 
 
 def warn_amp(cfg: RunConfig, device: torch.device) -> None:
-    """Say once that ``amp`` does nothing here: bf16 autocast runs on CUDA only; elsewhere the run computes
-    in float32 as without it (so one config serves machines with and without a GPU)."""
-    if cfg.amp and device.type != "cuda":
-        warnings.warn(f"RunConfig.amp has no effect on {device.type}: bf16 autocast runs on CUDA only.", stacklevel=2)
+    """Say once that ``amp`` does nothing here: bf16 autocast runs only where the device computes bf16
+    natively (:func:`reft.train.amp_device`); elsewhere the run computes in float32 as without it (so one
+    config serves every machine)."""
+    if cfg.amp and not train.amp_device(device):
+        where = "this CPU has no native bf16 (avx512_bf16, amx_bf16 or Arm bf16)" if device.type == "cpu" else (
+            f"bf16 autocast is not supported on {device.type}")  # fmt: skip
+        warnings.warn(f"RunConfig.amp has no effect: {where}; the run computes in float32.", stacklevel=2)
 
 
 DIVERGED = "diverged (non-finite training loss)"

@@ -63,7 +63,7 @@ class Federation:
         self.cfg = cfg
         self.splits = splits
         self.device = train.resolve_device(cfg.device)
-        self.amp = cfg.amp and self.device.type == "cuda"  # bf16 autocast runs on CUDA only
+        self.amp = cfg.amp and train.amp_device(self.device)  # bf16 where the device computes it natively
         self.test = splits.test.to(self.device)
         self.final_test = final_test.to(self.device) if final_test is not None else None
         self.tiers = tiers_mod.load_tiers(cfg.tiers_path)

@@ -2,27 +2,30 @@
 
 Data stay as pre-loaded tensors (no DataLoader workers): for Fashion-MNIST-sized data this is
 about an order of magnitude faster per epoch on a 2-core CPU than a DataLoader with ``ToTensor``.
-Memory layout and batch sizes were chosen by measurement on a 2-core x86 CPU (``python -m reft.bench``):
-inference runs in ``channels_last`` in batches of 128 (2.4x faster than batches of 1,000 for the dense
-CNN, same outputs bit for bit); training uses ``channels_last`` only when every conv width is a multiple
-of 8 (oneDNN's blocked kernels: 1.7x faster for the dense CNN), else the default layout (odd widths of
-pruned models train up to 1.7x faster that way). :func:`memory_format` holds the rule.
+Memory layout and batch sizes were chosen by measurement on a 2-core x86 CPU (``python -m reft.bench``,
+``scripts/step_costs.py``): inference runs in ``channels_last`` in batches of 128 (2.4x faster than batches
+of 1,000 for the dense CNN, same outputs bit for bit); training uses ``channels_last`` when the narrowest conv
+has at least 8 channels (oneDNN's blocked kernels: 1.5x faster for the dense CNN, 1.4x for the laptop tier's
+[10, 20, 40] widths, fp32 and bf16 alike), else the default layout (the weakest tiers' 1-6 channel convs train
+up to 1.3x faster that way). :func:`memory_format` holds the rule.
 
 Devices: every loop takes a ``device`` (``"cpu"`` by default; ``"auto"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``
 go through :func:`resolve_device`) and moves the model there in place; data may already be there (then
-nothing is copied) or anywhere else (then each batch is moved). ``amp`` turns on bf16 autocast, on CUDA
-only (:func:`autocast`). ``augment`` in :func:`fit` is the CIFAR recipe's random crop and flip
-(:func:`crop_flip`), drawn from a generator of its own seeded from ``seed``.
+nothing is copied) or anywhere else (then each batch is moved). ``amp`` turns on bf16 autocast on CUDA and
+on CPUs with native bf16 (:func:`autocast`, :func:`amp_device`). ``augment`` in :func:`fit` is the CIFAR
+recipe's random crop and flip (:func:`crop_flip`), drawn from a generator of its own seeded from ``seed``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -84,9 +87,39 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
+#: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic: x86 AVX-512 BF16 or AMX, Arm's BF16 extension.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+@functools.cache
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (a flag of :data:`BF16_CPU_FLAGS` in ``cpuinfo``). Without it
+    oneDNN emulates bf16 in fp32 units, slower than fp32 itself, so :func:`amp_device` says no. False where
+    the file is missing (macOS, Windows)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.split(":")[0].strip() in ("flags", "Features")
+             for f in line.split(":", 1)[1].split()}  # fmt: skip
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def amp_device(device: torch.device) -> bool:
+    """Whether bf16 autocast (``amp``) takes effect on ``device``: CUDA with bf16 support, or a CPU with
+    native bf16 (:func:`cpu_has_bf16`). Elsewhere (MPS, older CPUs) a run with ``amp`` computes in fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
 def autocast(device: torch.device, amp: bool) -> AbstractContextManager:
-    """bf16 autocast when ``amp`` and ``device`` is CUDA; elsewhere nothing changes (CPU numbers stay exact)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    """bf16 autocast when ``amp`` and :func:`amp_device`; otherwise nothing changes (numbers stay fp32-exact).
+    Weights, gradients and optimizer state stay fp32 either way; only the matmuls and convolutions inside
+    (and what follows them up to the next fp32 op) run in bf16."""
+    if amp and amp_device(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> torch.Tensor:
@@ -116,10 +149,10 @@ def _augment_generator(seed: int) -> torch.Generator:
 
 
 def memory_format(model: nn.Module) -> torch.memory_format:
-    """The layout :func:`fit` trains ``model`` in: ``channels_last`` when every conv width is a multiple
-    of 8 (or there is no conv), else ``contiguous_format`` (see the module docstring for the figures)."""
+    """The layout :func:`fit` trains ``model`` in: ``channels_last`` when its narrowest conv has at least
+    8 channels (or there is no conv), else ``contiguous_format`` (see the module docstring for the figures)."""
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return torch.channels_last if all(w % 8 == 0 for w in widths) else torch.contiguous_format
+    return torch.channels_last if min(widths, default=8) >= 8 else torch.contiguous_format
 
 
 def _fmt(x: torch.Tensor, fmt: torch.memory_format = torch.channels_last) -> torch.Tensor:
@@ -154,7 +187,7 @@ def fit(
     machine gives the same weights. A NaN or infinite batch loss stops training before that step
     (``FitResult.diverged``); the weights are left as they were, finite or not. ``augment``: every batch
     is randomly cropped and flipped (:func:`crop_flip`, seeded by ``seed`` too); ``amp``: bf16 autocast
-    on CUDA (:func:`autocast`). The model moves to ``device`` in place.
+    where the device supports it (:func:`autocast`). The model moves to ``device`` in place.
     """
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}.")
@@ -189,7 +222,8 @@ def fit(
                     xb = crop_flip(xb, aug)
                 xb, yb = _fmt(xb, fmt).to(dev), yb.to(dev)
                 with autocast(dev, amp):
-                    loss = loss_fn(model(xb), yb)
+                    logits = model(xb)
+                loss = loss_fn(logits.float(), yb)  # the loss in fp32 whatever the forward ran in
                 value = loss.item()
                 if not math.isfinite(value):
                     return FitResult([*losses, value], seen, time.perf_counter() - t0, diverged=True)

@@ -3,9 +3,13 @@
 FLOPs per image come from ``torch.utils.flop_counter`` on the models the runs would train (ResNet-18 on
 32x32 CIFAR-10 images, pruned per tier by the proportional policy, as ``reft.federation`` does); sample
 counts from the profile (CIFAR-10: 40k private images split over the clients, 10k public). Training
-counts 3x forward. The GPU throughput is an assumption, stated in the output; nothing here ran on a GPU.
+counts 3x forward. The GPU throughput is an assumption (``--tflops``), stated in the output, unless
+``--measured`` gives the ``rounds.csv`` of the prepared GPU check (``scripts/device_check.sh``): then the
+throughput is the one achieved there (training and inference FLOPs over their seconds, in the chosen
+precision), and methods measured there also get hours from their measured seconds per round.
 
     python scripts/paper_estimate.py [--tflops 15] [--out results/paper/estimate_nb03.csv]
+    python scripts/paper_estimate.py --measured results/gpu/rounds.csv [--precision bf16]
 """
 
 from __future__ import annotations
@@ -47,8 +51,21 @@ def run_flops(method: str, per_tier: dict[str, float], dense: float, n_clients: 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tflops", type=float, default=15.0, help="achieved training TFLOP/s assumed for the GPU")
+    ap.add_argument("--measured", type=Path, help="rounds.csv of scripts/device_check.sh: use its throughput")
+    ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="which measured rows to use")
     ap.add_argument("--out", default=str(ROOT / "results" / "paper" / "estimate_nb03.csv"))
     args = ap.parse_args()
+    measured = None
+    if args.measured is not None:
+        if not args.measured.is_file():
+            ap.error(f"{args.measured} does not exist: run scripts/device_check.sh on a GPU machine first")
+        m = pd.read_csv(args.measured)
+        measured = m[m["precision"] == args.precision]
+        if measured.empty:
+            ap.error(f"{args.measured} has no {args.precision} rows (has: {', '.join(m['precision'].unique())})")
+        args.tflops = float(measured["gflop"].sum() / measured["compute_s"].sum() / 1e3)
+        print(f"measured on {measured['device'].iloc[0]} ({args.measured}): {args.tflops:.2f} TFLOP/s achieved "
+              f"in {args.precision}")  # fmt: skip
     prof = yaml.safe_load((ROOT / "notebooks" / "profiles.yaml").read_text())["paper"]["notebooks"]
     nb = prof["03_federated_comparison"]
     x = torch.zeros(1, 3, 32, 32)
@@ -64,10 +81,14 @@ def main() -> int:
     rows = []
     for m in methods:
         f = run_flops(m, per_tier, dense, nb["n_clients"], nb["rounds"], nb["local_epochs"], nb["distill_epochs"])
-        rows.append({"method": m, "runs": runs, "pflop_per_run": f / 1e15, "assumed_tflops": args.tflops,
+        rows.append({"method": m, "runs": runs, "pflop_per_run": f / 1e15, "tflops": args.tflops,
+                     "tflops_source": "assumed" if measured is None else "measured",
                      "hours_per_run": f / (args.tflops * 1e12) / 3600,
                      "hours_all_runs": runs * f / (args.tflops * 1e12) / 3600})  # fmt: skip
     df = pd.DataFrame(rows).assign(dense_gflop_per_image=dense / 1e9)
+    if measured is not None:
+        per_round = measured.set_index("algorithm")["s_per_round"]
+        df["hours_all_runs_measured"] = df["method"].map(per_round) * nb["rounds"] * runs / 3600
     df["notebook_hours"] = df["hours_all_runs"].sum()
     print(f"ResNet-18, 32x32: {dense / 1e9:.3f} GFLOP forward per image; per tier:",
           {t: round(v / 1e9, 4) for t, v in per_tier.items()})  # fmt: skip

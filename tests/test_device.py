@@ -7,6 +7,7 @@ Fast and CPU-only here; the device-parametrized tests run on every device the ma
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pandas as pd
 import pytest
@@ -109,15 +110,50 @@ def test_averaging_works_across_devices_and_returns_cpu_tensors(name: str) -> No
     assert all(v.device.type == "cpu" and torch.equal(v, expected[k]) for k, v in mixed.items())
 
 
-def test_amp_is_a_no_op_off_cuda_and_says_so(small: data.Splits) -> None:
-    weights = []
-    for amp in (False, True):
-        torch.manual_seed(0)
-        m = models.build("cnn", widths=[4, 8, 16, 16])
-        train.fit(m, small.test.x[:64], small.test.y[:64], batch_size=32, device="cpu", amp=amp)
-        weights.append(comm.encode(m))
-    assert weights[0] == weights[1]
-    with pytest.warns(UserWarning, match="amp has no effect on cpu"):
+def _fit_bytes(small: data.Splits, amp: bool) -> bytes:
+    torch.manual_seed(0)
+    m = models.build("cnn", widths=[8, 16, 32, 32])
+    train.fit(m, small.test.x[:64], small.test.y[:64], batch_size=32, device="cpu", amp=amp)
+    assert all(p.dtype == torch.float32 for p in m.parameters())  # fp32 master weights either way
+    return comm.encode(m)
+
+
+@pytest.mark.parametrize(
+    ("text", "native"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+        ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512vl\n", False),  # bf16 only emulated
+        ("processor\t: 0\nflags\t\t: fpu amx_bf16 amx_tile\n", True),
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # Arm (e.g. Graviton 3, Apple M2+ on Linux)
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n", False),  # e.g. Raspberry Pi 4
+    ],
+)
+def test_native_bf16_is_read_off_the_cpu_flags(tmp_path, text: str, native: bool) -> None:
+    (info := tmp_path / "cpuinfo").write_text(text)
+    assert train.cpu_has_bf16(str(info)) is native
+    assert train.cpu_has_bf16(str(tmp_path / "missing")) is False
+
+
+@pytest.mark.skipif(not train.cpu_has_bf16(), reason="this CPU has no native bf16")
+def test_amp_runs_bf16_on_a_cpu_that_has_it_and_keeps_the_wire_fp32(small: data.Splits) -> None:
+    assert train.amp_device(torch.device("cpu"))
+    fp32, bf16 = _fit_bytes(small, amp=False), _fit_bytes(small, amp=True)
+    assert bf16 != fp32 and len(bf16) == len(fp32)  # bf16 arithmetic took effect; the payload's size did not change
+    with train.autocast(torch.device("cpu"), True):
+        assert torch.nn.Linear(4, 4)(torch.ones(2, 4)).dtype == torch.bfloat16
+    cfg = RunConfig(amp=True, device="cpu", n_clients=2, rounds=1, private_size=200, public_size=100, test_size=100,
+                    progress=False, eval_clients=False, final_test=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no effect" warning where bf16 runs
+        res = engine.run(cfg, small)
+    assert 0.0 <= res.history["server_acc"].iloc[-1] <= 1.0
+
+
+def test_amp_is_a_no_op_without_native_bf16_and_says_so(small: data.Splits, monkeypatch) -> None:
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    assert not train.amp_device(torch.device("cpu"))
+    assert _fit_bytes(small, amp=False) == _fit_bytes(small, amp=True)
+    with pytest.warns(UserWarning, match="amp has no effect: this CPU has no native bf16"):
         engine.warn_amp(RunConfig(amp=True, device="cpu"), torch.device("cpu"))
 
 
