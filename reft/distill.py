@@ -195,7 +195,7 @@ def distill(
             for i in range(0, len(x_tr), batch_size):
                 idx = perm[i : i + batch_size]
                 xb = x_tr[idx].contiguous(memory_format=fmt) if x_tr.dim() == 4 else x_tr[idx]
-                with autocast(dev, amp):
+                with autocast(dev, amp, student):
                     logits = student(xb)
                 loss = kd_loss(logits.float(), t_tr[idx], temperature)
                 opt.zero_grad(set_to_none=True)

@@ -113,13 +113,17 @@ def amp_device(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_bf16()
 
 
-def autocast(device: torch.device, amp: bool) -> AbstractContextManager:
+def autocast(device: torch.device, amp: bool, model: nn.Module | None = None) -> AbstractContextManager:
     """bf16 autocast when ``amp`` and :func:`amp_device`; otherwise nothing changes (numbers stay fp32-exact).
-    Weights, gradients and optimizer state stay fp32 either way; only the matmuls and convolutions inside
-    (and what follows them up to the next fp32 op) run in bf16."""
-    if amp and amp_device(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    On a CPU, a ``model`` whose narrowest conv has fewer than 8 channels stays fp32 (:func:`memory_format`
+    trains it in the default layout, where bf16 measured no faster: ``scripts/step_costs.py``; it would only
+    cost precision). Weights, gradients and optimizer state stay fp32 either way; only the matmuls and
+    convolutions inside (and what follows them up to the next fp32 op) run in bf16."""
+    if not (amp and amp_device(device)):
+        return nullcontext()
+    if device.type == "cpu" and model is not None and memory_format(model) != torch.channels_last:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> torch.Tensor:
@@ -221,7 +225,7 @@ def fit(
                 if aug is not None:
                     xb = crop_flip(xb, aug)
                 xb, yb = _fmt(xb, fmt).to(dev), yb.to(dev)
-                with autocast(dev, amp):
+                with autocast(dev, amp, model):
                     logits = model(xb)
                 loss = loss_fn(logits.float(), yb)  # the loss in fp32 whatever the forward ran in
                 value = loss.item()
@@ -257,7 +261,7 @@ def predict(
     was_training = model.training
     model.to(device=dev, memory_format=torch.channels_last).eval()
     try:
-        with autocast(dev, amp):
+        with autocast(dev, amp, model):
             out = [model(_fmt(x[i : i + batch_size]).to(dev)).float() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)

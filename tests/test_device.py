@@ -110,9 +110,9 @@ def test_averaging_works_across_devices_and_returns_cpu_tensors(name: str) -> No
     assert all(v.device.type == "cpu" and torch.equal(v, expected[k]) for k, v in mixed.items())
 
 
-def _fit_bytes(small: data.Splits, amp: bool) -> bytes:
+def _fit_bytes(small: data.Splits, amp: bool, widths: list[int] | None = None) -> bytes:
     torch.manual_seed(0)
-    m = models.build("cnn", widths=[8, 16, 32, 32])
+    m = models.build("cnn", widths=widths or [8, 16, 32, 32])
     train.fit(m, small.test.x[:64], small.test.y[:64], batch_size=32, device="cpu", amp=amp)
     assert all(p.dtype == torch.float32 for p in m.parameters())  # fp32 master weights either way
     return comm.encode(m)
@@ -141,6 +141,8 @@ def test_amp_runs_bf16_on_a_cpu_that_has_it_and_keeps_the_wire_fp32(small: data.
     assert bf16 != fp32 and len(bf16) == len(fp32)  # bf16 arithmetic took effect; the payload's size did not change
     with train.autocast(torch.device("cpu"), True):
         assert torch.nn.Linear(4, 4)(torch.ones(2, 4)).dtype == torch.bfloat16
+    # a model with convs under 8 channels stays fp32 on the CPU (bf16 is no faster there), bit for bit
+    assert _fit_bytes(small, amp=True, widths=[3, 6, 12, 12]) == _fit_bytes(small, amp=False, widths=[3, 6, 12, 12])
     cfg = RunConfig(amp=True, device="cpu", n_clients=2, rounds=1, private_size=200, public_size=100, test_size=100,
                     progress=False, eval_clients=False, final_test=False)  # fmt: skip
     with warnings.catch_warnings():

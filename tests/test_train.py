@@ -118,3 +118,11 @@ def test_client_training_and_the_central_baseline_augment_as_told(monkeypatch: p
         rows.append(train.train_central(m, splits, epochs=2, progress=False, augment=augment, batch_size=16))
     assert len(rows[1]) == 2 and rows[1]["test_acc"].between(0, 1).all()
     assert rows[0]["loss"].tolist() != rows[1]["loss"].tolist() == rows[2]["loss"].tolist()
+
+
+@pytest.mark.parametrize(("widths", "layout"), [([32, 64, 128, 128], torch.channels_last),
+                                                ([10, 20, 40, 40], torch.channels_last),
+                                                ([7, 14, 28, 28], torch.contiguous_format),
+                                                ([1, 3, 6, 6], torch.contiguous_format)])  # fmt: skip
+def test_training_layout_follows_the_narrowest_conv(widths: list[int], layout: torch.memory_format) -> None:
+    assert train.memory_format(models.build("cnn", widths=widths)) == layout
