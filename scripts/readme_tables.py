@@ -416,6 +416,60 @@ def bench() -> str:
     return markdown(pd.DataFrame(rows))
 
 
+def bf16() -> str:
+    """python -m reft.bench with both precisions at 1 and 2 threads, in one process (bench_bf16_precision.csv):
+    seconds per phase group, fp32 -> bf16, and the speed-up; client training summed over the tiers."""
+    t = results("bench_bf16_precision")
+    t["group"] = t["phase"].where(~t["phase"].str.startswith("client training ["), "client training (all tiers)")
+    threads = sorted(int(n) for n in t["threads"].unique())
+
+    def cells(g: pd.DataFrame) -> dict[str, str]:
+        by = g.groupby("threads")[["fp32_s", "bf16_s"]].sum()
+        return {f"{n} thread{'s' if n > 1 else ''}: fp32 → bf16 s (speed-up)":
+                f"{by.loc[n, 'fp32_s']:.2f} → {by.loc[n, 'bf16_s']:.2f} ({by.loc[n, 'fp32_s'] / by.loc[n, 'bf16_s']:.2f}x)"
+                for n in threads}  # fmt: skip
+
+    rows = []
+    for alg, ga in t.groupby("algorithm", sort=False):
+        for group, gg in ga.groupby("group", sort=False):
+            if gg["fp32_s"].max() >= 0.5:  # the smaller phases are in the CSV
+                rows.append({"method": METHODS[alg], "phase": group, **cells(gg)})
+        rows.append({"method": METHODS[alg], "phase": "**all phases**", **cells(ga)})
+    return markdown(pd.DataFrame(rows))
+
+
+def amp_check() -> str:
+    """scripts/amp_check.py: final accuracy in fp32 and bf16, paired by seed, and bf16 - fp32 with the verdict."""
+    rows, v = results("amp_check"), results("amp_check_versus").set_index(["method", "partition"])
+    s = stats.summarize(rows, ["method", "partition", "precision"], ["final_acc", "wall_s"]).set_index(
+        ["method", "partition", "precision"])  # fmt: skip
+    out = []
+    for (m, part), r in v.iterrows():
+        f32, b16 = s.loc[(m, part, "fp32")], s.loc[(m, part, "bf16")]
+        out.append({
+            "method": METHODS[m], "partition": part, "seeds": int(r["seeds"]),
+            "fp32: final acc (%)": pm(f32["final_acc_mean"], f32["final_acc_ci_low"], f32["final_acc_ci_high"]),
+            "bf16: final acc (%)": pm(b16["final_acc_mean"], b16["final_acc_ci_low"], b16["final_acc_ci_high"]),
+            "bf16 − fp32 (points, 95% CI)": interval(r["diff_mean"], r["diff_ci_low"], r["diff_ci_high"]),
+            "verdict": r["verdict"],
+            "run wall s, fp32 → bf16": f"{f32['wall_s_mean']:.0f} → {b16['wall_s_mean']:.0f}",
+        })  # fmt: skip
+    return markdown(pd.DataFrame(out))
+
+
+def step_costs() -> str:
+    """scripts/step_costs.py: one SGD step (batch 64, one thread) per tier's pruned cnn, median ms."""
+    t = results("step_costs")
+    return markdown(pd.DataFrame({
+        "tier": t["tier"], "widths": t["widths"], "before (ms)": t["before"].map("{:.1f}".format),
+        "after, fp32": t["after fp32"].map("{:.1f}".format), "after, bf16": t["after bf16"].map("{:.1f}".format),
+        "+ foreach SGD": t["after bf16 foreach"].map("{:.1f}".format),
+        "+ torch.compile (compile s)": [f"{a:.1f} ({c:.0f} s)" for a, c in zip(t["after bf16 compiled"],
+                                                                              t["compile_s"], strict=True)],
+        "before / after bf16": t["before/after_bf16"].map("{:.2f}x".format),
+    }))  # fmt: skip
+
+
 def _block_rows(text: str, name: str) -> list[dict[str, str]]:
     """The rows of the table printed between the ``name`` markers, as {header: cell}."""
     body = text.split(f"<!-- BEGIN {name} -->")[1].split(f"<!-- END {name} -->")[0]
@@ -491,6 +545,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "tiers": tiers,
     "run-times": run_times,
     "bench": bench,
+    "bf16": bf16,
+    "amp-check": amp_check,
+    "step-costs": step_costs,
 }
 
 

@@ -8,7 +8,7 @@ one thread. Variants, timed in one process with interleaved repeats (median ms p
 * ``before``: the engine before this study (fp32; channels-last only when every conv width is a multiple of 8);
 * ``fp32 nchw`` / ``fp32 channels_last`` / ``bf16 nchw`` / ``bf16 channels_last``: layout x precision;
 * ``after fp32`` / ``after bf16``: what :func:`reft.train.fit` does now (:func:`reft.train.memory_format`),
-  without and with ``amp``;
+  without and with ``amp`` (bf16 only for models whose narrowest conv has >= 8 channels: :func:`reft.train.autocast`);
 * ``after bf16 foreach``: ``after bf16`` with SGD's multi-tensor (``foreach``) update instead of the per-parameter loop;
 * ``after bf16 compiled``: ``after bf16`` with ``torch.compile`` of the model (inductor), and its compile seconds.
 
@@ -42,15 +42,18 @@ def before_format(model: nn.Module) -> torch.memory_format:
     return torch.channels_last if all(w % 8 == 0 for w in widths) else torch.contiguous_format
 
 
-def stepper(model: nn.Module, fmt: torch.memory_format, amp: bool, foreach: bool = False) -> Callable[[int], None]:
-    """One SGD step on batch ``i`` of the probe data, as :func:`reft.train.fit` takes it."""
+def stepper(
+    model: nn.Module, fmt: torch.memory_format, amp: bool, foreach: bool = False, engine_rule: bool = False
+) -> Callable[[int], None]:
+    """One SGD step on batch ``i`` of the probe data, as :func:`reft.train.fit` takes it. ``amp`` forces bf16
+    autocast, unless ``engine_rule``: then bf16 applies where :func:`reft.train.autocast` applies it."""
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, foreach=foreach)
     dev = torch.device("cpu")
 
     def step(i: int) -> None:
         xb = X[i * BATCH : (i + 1) * BATCH].contiguous(memory_format=fmt)
-        with train.autocast(dev, amp):
+        with train.autocast(dev, amp, model if engine_rule else None):
             logits = model(xb)
         loss = F.cross_entropy(logits.float(), Y[i * BATCH : (i + 1) * BATCH])
         loss.item()
@@ -95,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             "bf16 nchw": (nchw, True, False),
             "bf16 channels_last": (cl, True, False),
             "after fp32": (train.memory_format(net), False, False),
-            "after bf16": (train.memory_format(net), True, False),
-            "after bf16 foreach": (train.memory_format(net), True, True),
+            "after bf16": (train.memory_format(net), True, False, True),
+            "after bf16 foreach": (train.memory_format(net), True, True, True),
         }
         steps = {k: stepper(copy.deepcopy(net), *v) for k, v in variants.items()}
         for s in steps.values():
@@ -107,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
                 times[k].append(median_ms(s, a.steps))
         row = {"tier": tier, "widths": widths, **{k: statistics.median(v) for k, v in times.items()}}
         if a.compile:
-            fmt, amp, _ = variants["after bf16"]
+            fmt, amp, _, rule = variants["after bf16"]
             model = torch.compile(copy.deepcopy(net))
             t = time.perf_counter()
-            s = stepper(model, fmt, amp)
+            s = stepper(model, fmt, amp, engine_rule=rule)
             median_ms(s, 2)  # compiles forward and backward
             row["compile_s"] = time.perf_counter() - t
             row["after bf16 compiled"] = statistics.median(median_ms(s, a.steps) for _ in range(a.repeats))
