@@ -425,9 +425,9 @@ def bf16() -> str:
 
     def cells(g: pd.DataFrame) -> dict[str, str]:
         by = g.groupby("threads")[["fp32_s", "bf16_s"]].sum()
+        f32, b16 = by["fp32_s"], by["bf16_s"]
         return {f"{n} thread{'s' if n > 1 else ''}: fp32 → bf16 s (speed-up)":
-                f"{by.loc[n, 'fp32_s']:.2f} → {by.loc[n, 'bf16_s']:.2f} ({by.loc[n, 'fp32_s'] / by.loc[n, 'bf16_s']:.2f}x)"
-                for n in threads}  # fmt: skip
+                f"{f32[n]:.2f} → {b16[n]:.2f} ({f32[n] / b16[n]:.2f}x)" for n in threads}  # fmt: skip
 
     rows = []
     for alg, ga in t.groupby("algorithm", sort=False):
