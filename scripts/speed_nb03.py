@@ -9,6 +9,7 @@ a temporary folder. Appends one row per (method, partition) with the notebook's 
     git worktree add /tmp/before c9ac726
     python scripts/speed_nb03.py --repo /tmp/before --label before
     python scripts/speed_nb03.py --repo . --label after --set workers=2
+    python scripts/speed_nb03.py --repo . --label bf16 --set workers=2 --set amp=true --out results/fmnist/x.csv
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repo", type=Path, required=True, help="checkout whose notebook and reft/ are timed")
     ap.add_argument("--label", required=True, help="e.g. before / after")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a notebook parameter (YAML)")
+    ap.add_argument("--out", type=Path, default=OUT, help=f"the table to append to (default {OUT.relative_to(ROOT)})")
+    ap.add_argument("--baseline", default="before", help="the label speed-ups are computed against")
     args = ap.parse_args(argv)
     prof = yaml.safe_load((ROOT / "notebooks" / "profiles.yaml").read_text())["fmnist"]
     params = {**prof["common"], **prof["notebooks"]["03_federated_comparison"], "seeds": [0]}
@@ -57,13 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["method", "partition", "seed", "final_acc", "final_test_n", "mb_up", "mb_down"]
     rows = table[cols].assign(version=args.label, commit=commit.stdout.strip(), notebook_wall_s=round(wall),
                               settings=" ".join(args.set) or "-")  # fmt: skip
-    old = pd.read_csv(OUT) if OUT.exists() else pd.DataFrame()
+    old = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame()
     if len(old):
         old = old[old["version"] != args.label]
     out = pd.concat([old, rows], ignore_index=True)
-    base = out.loc[out["version"] == "before", "notebook_wall_s"]
+    base = out.loc[out["version"] == args.baseline, "notebook_wall_s"]
     out["speedup_vs_before"] = (base.iloc[0] / out["notebook_wall_s"]).round(2) if len(base) else float("nan")
-    out.to_csv(OUT, index=False)
+    out.to_csv(args.out, index=False)
     print(out.groupby(["version", "commit"], sort=False)[["notebook_wall_s", "speedup_vs_before"]].first())
     return 0
 
