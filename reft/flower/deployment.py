@@ -6,10 +6,11 @@ the deployment is secure as a real one should be (:mod:`reft.flower.security`): 
 made for the run, TLS on every connection (SuperLink, each SuperNode's local API, the ``flwr`` CLI), and
 SuperNode authentication: one key pair per SuperNode, each public key registered at the SuperLink
 (``flwr supernode register``) before that SuperNode starts; :meth:`Deployment.probe` shows that a
-stranger is refused. ``secure=False`` is Flower's ``--insecure`` (and says what it gives up). Flower detaches some of its own helpers
-(the SuperLink's ``flower-superexec`` starts a new session), so a process tree is not enough to
-find them all: every process started here carries a marker in its environment
-(:data:`reft.flower.processes.MARKER`), and :meth:`Deployment.stop` ends each process with that
+stranger is refused. ``secure=False`` is Flower's ``--insecure`` (and says what it gives up).
+
+Flower detaches some of its own helpers (the SuperLink's ``flower-superexec`` starts a new session),
+so a process tree is not enough to find them all: every process started here carries a marker in its
+environment (:data:`reft.flower.processes.MARKER`), and :meth:`Deployment.stop` ends each process with that
 marker, by PID, then checks that none is left. :meth:`Deployment.run` submits REFT with ``flwr run``
 and waits for the ServerApp; reading its output is :mod:`reft.flower.results`.
 """

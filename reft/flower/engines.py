@@ -57,7 +57,8 @@ def deploy(
     dep = Deployment(workdir, secure=secure)
     t0 = time.perf_counter()
     try:
-        dep.start(tiers, stall=kill, probe=probe)  # the node to kill hangs in that round, so the kill is always mid-round
+        # the node to kill hangs in that round, so the kill is always mid-round
+        dep.start(tiers, stall=kill, probe=probe)
         result = dep.run(cfg, options, timeout=timeout, kill=kill, kill_signal=kill_signal)
     finally:
         leftover = dep.stop()

@@ -71,8 +71,13 @@ def client_started(out: Path, partition_id: int, rnd: int) -> bool:
 
 def write_run_info(out_dir: str | Path, result: FlowerResult) -> dict:
     """Write ``result.json`` (wall time, killed nodes, PIDs left over, status, refusals) for the parent process."""
-    info = {"wall_s": result.wall_s, "killed": result.killed, "leftover": result.leftover, "status": result.status,
-            "refusals": result.refusals}
+    info = {
+        "wall_s": result.wall_s,
+        "killed": result.killed,
+        "leftover": result.leftover,
+        "status": result.status,
+        "refusals": result.refusals,
+    }
     (Path(out_dir) / "result.json").write_text(json.dumps(info, indent=1))
     return info
 

@@ -176,8 +176,9 @@ class Credentials:
     def supernode_args(self, i: int | str) -> list[str]:
         """``flower-supernode`` flags for SuperNode ``i``: trust the CA, sign with its key, TLS locally too."""
         crt, key = self.node_cert(i)
-        return ["--root-certificates", str(self.ca_cert), "--auth-supernode-private-key", str(self.node_key(i)),
-                "--ssl-certfile", str(crt), "--ssl-keyfile", str(key), "--ssl-ca-certfile", str(self.ca_cert)]  # fmt: skip
+        ca = str(self.ca_cert)
+        return ["--root-certificates", ca, "--auth-supernode-private-key", str(self.node_key(i)),
+                "--ssl-certfile", str(crt), "--ssl-keyfile", str(key), "--ssl-ca-certfile", ca]  # fmt: skip
 
 
 def create(folder: str | Path, nodes: int = 0, hosts: Sequence[str] = (), days: int = 365) -> Credentials:
