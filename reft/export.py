@@ -257,9 +257,11 @@ def export_tiers(
     repeats: int = 10,
     tier_table: pd.DataFrame | None = None,
     seed: int = 0,
+    **policy_kw,
 ) -> pd.DataFrame:
     """One row per model and tier: ratio, widths, params, ONNX bytes (the file's size), the check on
-    ``n_images`` real test images, and the latencies of both runtimes. ONNX files go to ``out_dir``."""
+    ``n_images`` real test images, and the latencies of both runtimes. ONNX files go to ``out_dir``.
+    ``policy_kw`` (``deadline_s``, ``samples``, ``epochs``, ``max_ratio``, ``importance``) go to :func:`tier_models`."""
     _require()
     unknown = [m for m in model_names if m not in models.MODEL_NAMES]
     if unknown:
@@ -272,7 +274,7 @@ def export_tiers(
     rows = []
     for name in model_names:
         with pruning.single_thread():
-            tms = tier_models(name, calibration, tier_table, policy, seed=seed)
+            tms = tier_models(name, calibration, tier_table, policy, seed=seed, **policy_kw)
         for tm in tms:
             path = to_onnx(tm.model, images[:2], Path(out_dir) / f"{name}_{tm.tier}.onnx")
             sess = session(path)
