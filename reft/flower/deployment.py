@@ -205,6 +205,9 @@ class Deployment:
         also break the run. Returns one row per stranger: its exit code, whether it was refused (it
         exited without ever being activated) and Flower's reason, from its log.
         """
+        return self._verdicts(self._send_strangers(kinds), timeout)
+
+    def _send_strangers(self, kinds: Sequence[str]) -> dict[str, tuple[subprocess.Popen, float]]:
         if not self.secure or self.port is None:
             raise RuntimeError("probe() needs a running secure SuperLink.")
         unknown = sorted(set(kinds) - set(PROBES))
@@ -225,6 +228,9 @@ class Deployment:
                         "--auth-supernode-private-key", str(self.credentials.node_key(0))]  # fmt: skip
             cmd = self._supernode_cmd({"partition-id": 0, "stranger": kind}, [*auth, "--max-retries", "3"])
             started[kind] = (self._start(f"stranger-{kind}", cmd), time.monotonic())
+        return started
+
+    def _verdicts(self, started: dict[str, tuple[subprocess.Popen, float]], timeout: float) -> list[dict]:
         rows = []
         for kind, (proc, t0) in started.items():
             try:
@@ -246,16 +252,22 @@ class Deployment:
 
         ``stall=(partition_id, round)`` makes that node's ClientApp hang in that round (node config
         ``stall-round``): a device that stops mid-round, so a kill lands mid-round every time.
-        ``probe``: before the SuperNodes start, :meth:`probe` (secure deployments only).
+        ``probe``: :meth:`probe` while the SuperNodes start; returns once every stranger is refused (or
+        its timeout passed), so none is still about when the run is submitted (secure deployments only).
         """
         self.start_superlink()
+        strangers = {}
         if self.secure:
             self.register(range(len(tiers)))
             if probe:
-                self.probe()
+                strangers = self._send_strangers(PROBES)
+        elif probe:
+            raise ValueError("probe=True needs a secure deployment (secure=True).")
         for i, tier in enumerate(tiers):
             extra = {"stall-round": stall[1]} if stall is not None and stall[0] == i else {}
             self.start_supernode(i, tier, **extra)
+        if strangers:
+            self._verdicts(strangers, timeout=90.0)
         return self
 
     def _tree(self, root: int) -> list[psutil.Process]:
