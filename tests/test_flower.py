@@ -286,3 +286,23 @@ def test_secure_deployment_refuses_strangers_and_matches_the_in_process_engine(t
     assert list(res.nodes["tier"]) == TIERS and res.leftover == []
     superlink_log = (tmp_path / "deploy" / "deploy" / "logs" / "superlink.log").read_text()
     assert "No SuperNode found with the given public key" in superlink_log  # what the SuperLink logs
+
+
+@pytest.mark.flower
+@needs_flwr
+def test_insecure_deployment_stays_available_and_says_what_it_gives_up(tmp_path):
+    why = _can_isolate()
+    if why:
+        pytest.skip(why)
+    from reft.flower import processes
+    from reft.flower.deployment import Deployment, InsecureDeploymentWarning
+
+    if not processes.loopback_only():
+        pytest.skip("starts a SuperLink in this process: run the tests through scripts/loopback.sh")
+    with Deployment(tmp_path, secure=False) as dep:
+        with pytest.warns(InsecureDeploymentWarning, match="no TLS.*any process that reaches"):
+            dep.start_superlink()
+        assert "insecure = true" in (dep.home / "config.toml").read_text() and dep.credentials is None
+        with pytest.raises(RuntimeError, match="secure SuperLink"):
+            dep.probe()
+    assert dep.owned() == []
