@@ -52,3 +52,19 @@ def test_export_table_bytes_are_the_files_sizes(tmp_path, one_thread):
     assert out["onnx_bytes"].iloc[1] < out["onnx_bytes"].iloc[0]
     with pytest.raises(ValueError, match="Unknown model"):
         export.export_tiers(["nope"], tmp_path)
+
+
+def test_command_line_writes_the_table_as_csv(tmp_path, capsys, one_thread):
+    import pandas as pd
+
+    tiers.load_tiers().loc[["laptop", "raspberry_pi_4"]].reset_index().to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "export.csv"
+    argv = ["--models", "cnn", "--tiers", str(tmp_path / "t.csv"), "--images", "32", "--rounds", "1",
+            "--repeats", "1", "--onnx-dir", str(tmp_path / "onnx"), "--out", str(out)]  # fmt: skip
+    assert export.main(argv) == 0
+    table = pd.read_csv(out)
+    assert list(table["tier"]) == ["laptop", "raspberry_pi_4"] and "ort_ms_b32" in table
+    assert "table written to" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        export.main(["--models", "nope", "--out", str(tmp_path / "x.csv")])
+    assert e.value.code == 2 and "Unknown model" in capsys.readouterr().err
