@@ -93,7 +93,7 @@ class Deployment:
         self.procs[name] = proc
         return proc
 
-    def start_superlink(self, timeout: float = 60.0, simulation: bool = False) -> int:
+    def start_superlink(self, timeout: float = 120.0, simulation: bool = False) -> int:
         """Start the SuperLink (one HTTP port for the Fleet, Control and ServerAppIo APIs); returns the port.
 
         ``simulation``: a SuperLink with Flower's simulation runtime (virtual SuperNodes on Ray), for
