@@ -19,9 +19,10 @@ which ONNX has no operator for, so :func:`static_pools` replaces it by the plain
 the same windows at that size (checked: outputs are equal in PyTorch before export).
 
 ExecuTorch (``.pte``, PyTorch's runtime for phones and microcontrollers) is not used: ``pip install
-executorch`` (1.5.1) resolves next to torch 2.14 here but brings about 30 more packages (coremltools,
-tokenizers, huggingface-hub, scikit-learn, torchao, ...) into the environment for one optional format,
-while ONNX Runtime has CPU wheels for aarch64 Linux (a Raspberry Pi) and needs three small packages.
+--dry-run executorch`` (1.5.1) resolves next to torch 2.14 here but would install 29 packages besides it
+(coremltools, tokenizers, huggingface-hub, hydra-core, scikit-learn, torchao, ...) for one optional
+format, and its export was not tried; ONNX Runtime has CPU wheels for aarch64 Linux (a Raspberry Pi)
+and the extra is three packages (onnx, onnxscript for torch's exporter, onnxruntime).
 
 ``python -m reft.export --help``; the table of the reference run is ``results/fmnist/export.csv``.
 Needs the optional extra: ``pip install -e '.[export]'`` (onnx, onnxscript, onnxruntime).
