@@ -57,7 +57,7 @@ def compare(
     SuperNodes report; the in-process run gets them as ``tier_mix``. Flower engines are skipped
     (``status`` says so) when ``python`` has no flwr. Returns the table (one row per engine; ``bytes_up``
     and ``bytes_down`` are the Ledger's totals; ``same_acc`` and ``same_bytes`` compare them with the
-    in-process run's, exactly) and each engine's history. ``secure``: Flower's engines with TLS and
+    in-process run's, exactly) and each engine's history. ``secure``: the deployment with TLS and
     SuperNode authentication (the default), or ``--insecure``.
     """
     import torch

@@ -112,7 +112,8 @@ class Deployment:
             scheme, context = "https", ssl.create_default_context(cafile=str(self.credentials.ca_cert))
             trust = f'root-certificates = "{self.credentials.ca_cert.resolve()}"'
         else:
-            warnings.warn(security.INSECURE_NOTE, InsecureDeploymentWarning, stacklevel=2)
+            if not simulation:  # a simulation SuperLink has no SuperNodes to let in
+                warnings.warn(security.INSECURE_NOTE, InsecureDeploymentWarning, stacklevel=2)
             cmd += ["--insecure"]
             scheme, context, trust = "http", None, "insecure = true"
         proc = self._start("superlink", cmd + (["--simulation"] if simulation else []))

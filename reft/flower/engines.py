@@ -72,11 +72,14 @@ def simulate_superlink(
     options: fconfig.FlowerOptions | None = None,
     workdir: str | Path | None = None,
     timeout: float = 600.0,
-    secure: bool = True,
+    secure: bool = False,
 ) -> FlowerResult:
     """``flwr run`` on a SuperLink started with Flower's simulation runtime (the CLI way to simulate):
     virtual SuperNodes on Ray, run config from the app's pyproject.toml; every process stopped after.
-    ``secure``: the CLI and the ServerApp reach the SuperLink over TLS (no SuperNodes to authenticate)."""
+
+    No SuperNodes connect, and :func:`run` keeps it in a loopback-only namespace, so it runs without TLS
+    by default. ``secure=True`` (TLS for the CLI and the ServerApp) is not verified: one try on a
+    starved machine stalled with "Runtime task-token authentication failed" before the task started."""
     dep = Deployment(workdir, secure=secure)
     t0 = time.perf_counter()
     try:
@@ -147,7 +150,7 @@ def run(
     With ``isolate`` (default) the child runs in a loopback-only network namespace (unless this
     process already is in one), so nothing Flower or Ray starts can reach beyond 127.0.0.1.
     ``python`` is an interpreter that has ``flwr`` (default: this one). ``secure`` and ``probe``: as in
-    :func:`deploy` (``secure`` also for ``simulate-superlink``; ``simulate`` has no network). After the child exits,
+    :func:`deploy` (the simulation engines run without TLS, see :func:`simulate_superlink`). After the child exits,
     ``result.leftover`` also lists any process of the run still alive anywhere (should be none).
     """
     if engine not in ENGINES:
@@ -204,7 +207,7 @@ def run_spec(engine: str, spec_path: Path) -> int:
             secure=spec.get("secure", True), probe=spec.get("probe", False),
         )  # fmt: skip
     elif engine == "simulate-superlink":
-        res = simulate_superlink(cfg, opts, workdir=spec_path.parent / "deploy", secure=spec.get("secure", True))
+        res = simulate_superlink(cfg, opts, workdir=spec_path.parent / "deploy")
     else:
         res = simulate(cfg, opts, num_cpus=spec.get("num_cpus"))
     info = write_run_info(spec_path.parent, res)
