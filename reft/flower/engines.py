@@ -78,8 +78,9 @@ def simulate_superlink(
     virtual SuperNodes on Ray, run config from the app's pyproject.toml; every process stopped after.
 
     No SuperNodes connect, and :func:`run` keeps it in a loopback-only namespace, so it runs without TLS
-    by default. ``secure=True`` (TLS for the CLI and the ServerApp) is not verified: one try on a
-    starved machine stalled with "Runtime task-token authentication failed" before the task started."""
+    by default, as before. ``secure=True`` (TLS for the CLI and the ServerApp) is not verified: on a
+    starved machine the one try timed out, as did a try without TLS ("Runtime task-token authentication
+    failed" in the SuperLink's log in both)."""
     dep = Deployment(workdir, secure=secure)
     t0 = time.perf_counter()
     try:
