@@ -7,7 +7,7 @@ PROFILE ?= fmnist
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,flower
+EXTRAS ?= dev,flower,export
 INSTALLED := $(VENV)/.reft-installed
 # Flower: no telemetry, no update checks, no runtime installs, a private home; tests run in a
 # loopback-only network namespace where the machine allows one (scripts/loopback.sh).

@@ -5,13 +5,16 @@ project's own cost code: counts from :func:`reft.costs.at_ratios` (cached per ar
 measured CPU latency (cached here per model and ratio, so returning to a ratio costs no measurement),
 round times from :func:`reft.tiers.at_ratio`, the policies' ratios from :func:`reft.tiers.choose_ratios`
 (cached per model, policy and deadline), and where the ratio sits on the accuracy-vs-ratio curve of a
-committed notebook-01 run. :meth:`Explorer.sweep` and :meth:`Explorer.figure` are the static view
+committed notebook-01 run; with ``onnx=True`` also the size of the pruned model's ONNX file
+(:func:`reft.export.to_onnx`, exported once per model and ratio, needs the export extra).
+:meth:`Explorer.sweep` and :meth:`Explorer.figure` are the static view
 (batch runs, tests); :func:`build_ui` wires ipywidgets to the same methods and updates in place.
 """
 
 from __future__ import annotations
 
 import html
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reft import costs, models, pruning, tiers
+from reft import costs, export, models, pruning, tiers
 
 __all__ = ["INPUT_SHAPES", "load_accuracy", "Explorer", "build_ui"]
 
@@ -67,6 +70,7 @@ class Explorer:
         threads: int | None = 1,
         accuracy_csv: str | Path | None = "results/fmnist/01_accuracy.csv",
         seed: int = 0,
+        onnx: bool = False,
     ) -> None:
         if dataset not in INPUT_SHAPES:
             raise ValueError(f"Unknown dataset {dataset!r}. Valid: {', '.join(INPUT_SHAPES)}.")
@@ -77,6 +81,8 @@ class Explorer:
         self.accuracy, self.accuracy_note = load_accuracy(accuracy_csv)
         self._nets: dict[str, models.ReftModel] = {}
         self._latency: dict[tuple[str, float], float] = {}
+        self.onnx = onnx and export.available()  # ONNX file sizes only where the export extra is installed
+        self._onnx: dict[tuple[str, float], int] = {}
         self._policies: dict[tuple, dict[str, tiers.PolicyResult]] = {}
 
     def set_tiers(self, tier_table: pd.DataFrame) -> None:
@@ -103,6 +109,17 @@ class Explorer:
             )  # fmt: skip
             self._latency[key] = float(df[f"latency_ms_b{self.latency_batch}"].iloc[0])
         return self._latency[key]
+
+    def onnx_bytes(self, model: str, ratio: float) -> int:
+        """Size in bytes of the ONNX file of ``model`` pruned at ``ratio`` (:func:`reft.export.to_onnx`), once."""
+        key = (model, round(float(ratio), 6))
+        if key not in self._onnx:
+            pruned = pruning.prune(self.net(model), key[1], self.example, self.importance).model.eval()
+            with tempfile.TemporaryDirectory() as d:
+                self._onnx[key] = (
+                    export.to_onnx(pruned, self.example.expand(2, -1, -1, -1), Path(d) / "m.onnx").stat().st_size
+                )
+        return self._onnx[key]
 
     def policy(self, model: str, policy: str, deadline_s: float | None = None) -> dict[str, tiers.PolicyResult]:
         """The policy's ratio for every tier (:func:`reft.tiers.choose_ratios`), cached."""
@@ -180,6 +197,8 @@ class Explorer:
             "fits_memory": r.fits_memory, "deadline_s": deadline, "fits_deadline": r.fits_deadline,
             "policy": policy, "policy_ratio": chosen[tier].ratio, "policy_round_time_s": chosen[tier].round_time_s,
         }  # fmt: skip
+        if self.onnx:
+            out["onnx_bytes"] = self.onnx_bytes(model, ratio)
         out.update({f"acc_{m}": a for m, a in self.accuracy_at(model, ratio).items()})
         return out
 
@@ -253,6 +272,7 @@ def _numbers_html(ex: Explorer, row: dict) -> str:
         ("model", f"{row['model']} at r={row['ratio']:.2f}, widths {row['widths']}"),
         ("params", f"{row['params']:,} ({100 * row['params_fraction']:.1f}% of dense)"),
         ("bytes on the wire", f"{row['bytes'] / 1e6:.3f} MB"),
+        *([("ONNX file", f"{row['onnx_bytes'] / 1e6:.3f} MB (for ONNX Runtime)")] if "onnx_bytes" in row else []),
         ("forward FLOPs", f"{row['mflops_per_sample']:.2f} MFLOPs per sample"),
         ("CPU latency", f"{row[lat]:.2f} ms per batch of {ex.latency_batch} ({row['speedup']:.2f}x dense)"),
         (f"round on {row['tier']}", f"{row['round_time_s']:.2f} s (compute {row['compute_s']:.2f}, down "

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from reft import costs, explorer, tiers
+from reft import costs, explorer, export, pruning, tiers
 
 matplotlib.use("Agg")
 X = torch.zeros(1, 1, 28, 28)
@@ -111,3 +111,15 @@ def _walk(widget):
     yield widget
     for child in getattr(widget, "children", ()):
         yield from _walk(child)
+
+
+@pytest.mark.skipif(not export.available(), reason="needs the export extra: pip install -e '.[export]'")
+def test_onnx_size_is_the_exported_files_and_exported_once(tmp_path, one_thread):
+    ex = explorer.Explorer(samples=200, epochs=2, latency_batch=4, onnx=True)
+    size = ex.onnx_bytes("cnn", 0.5)
+    pruned = pruning.prune(ex.net("cnn"), 0.5, X).model
+    assert size == export.to_onnx(pruned, X.expand(2, -1, -1, -1), tmp_path / "m.onnx").stat().st_size
+    row = ex.row("cnn", 0.5, "phone", "deadline", deadline_s=2.0)
+    assert row["onnx_bytes"] == size and len(ex._onnx) == 1  # cached: no second export
+    assert "ONNX file" in explorer._numbers_html(ex, row)
+    assert size < ex.onnx_bytes("cnn", 0.0)

@@ -8,10 +8,15 @@ They skip, saying why, when ``flwr`` is not installed or no such namespace can b
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
+import threading
 
+import pandas as pd
 import pytest
 
 from reft import comm, models
@@ -73,6 +78,64 @@ def test_app_pyproject_is_a_valid_flower_app():
     assert app["components"] == {"serverapp": "reft.flower.server_app:app", "clientapp": "reft.flower.client_app:app"}
     assert app["config"]["tier-mix"] == "laptop,jetson_nano,raspberry_pi_4" and app["config"]["rounds"] == 2
     assert fconfig.from_user_config(app["config"])[0] == _tiny()
+
+
+def _handshake(cred_dir, cafile) -> str:
+    """A TLS handshake with a server holding the SuperLink's certificate; "ok" or the client's error."""
+    from reft.flower import security
+
+    cred = security.load(cred_dir)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cred.server_cert, cred.server_key)
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = srv.accept()
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port)) as raw,
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
+            ):
+                return "ok"
+        except ssl.SSLCertVerificationError as e:
+            return e.verify_message
+        finally:
+            t.join(5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cryptography") is None, reason="cryptography comes with flwr")
+def test_run_credentials_a_ca_its_superlink_certificate_and_supernode_keys(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    from reft.flower import security
+
+    cred = security.create(tmp_path / "run", nodes=2, hosts=["192.168.1.10", "server.local"])
+    other = security.create(tmp_path / "other")
+    assert _handshake(cred.folder, cred.ca_cert) == "ok"  # the run's CA vouches for 127.0.0.1
+    assert "unable to get local issuer certificate" in _handshake(cred.folder, other.ca_cert)
+    key = load_ssh_private_key(cred.node_key(1).read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"  # a NIST curve, as Flower asks
+    assert load_ssh_public_key(cred.node_pub(1).read_bytes()).public_numbers() == key.public_key().public_numbers()
+    private = [cred.ca_key, cred.server_key, cred.node_key(0), cred.node_cert(0)[1]]
+    assert {oct(os.stat(p).st_mode & 0o777) for p in private} == {"0o600"}
+    assert "--enable-supernode-auth" in cred.superlink_args()
+    assert cred.supernode_args(0)[:4] == ["--root-certificates", str(cred.ca_cert), "--auth-supernode-private-key",
+                                          str(cred.node_key(0))]  # fmt: skip
+    with pytest.raises(FileExistsError, match="already holds a CA"):
+        security.create(cred.folder)
+    with pytest.raises(FileNotFoundError, match="python -m reft.flower certs"):
+        security.load(tmp_path / "empty")
 
 
 # ----------------------------------------------------------------------------------------- Flower
@@ -185,3 +248,61 @@ def test_deployment_matches_the_in_process_engine(tmp_path, algorithm, codecs):
     for col in ("server_acc", "bytes_up", "bytes_down"):  # every round, not only the totals
         assert list(hist["deploy"][col]) == list(hist["in-process"][col]), col
     assert set(hist["deploy"][["codec_up", "codec_down"]].itertuples(index=False)) == {(cfg.codec_up, cfg.codec_down)}
+
+
+@pytest.mark.flower
+@needs_flwr
+def test_secure_deployment_refuses_strangers_and_matches_the_in_process_engine(tmp_path):
+    """One secure deployment (run CA, TLS, registered SuperNode keys), REFT for 2 rounds. Before the
+    SuperNodes start, two strangers claim partition 0: one signs with an unregistered key, one has a
+    registered key but does not trust the run's CA. Both are refused and gone before the run is submitted,
+    and the run equals the in-process engine's (accuracy, Ledger totals)."""
+    why = _can_isolate()
+    if why:
+        pytest.skip(why)
+    from reft.flower import launch
+
+    cfg = _tiny(algorithm="reft", local_epochs=1)
+    opts = fconfig.FlowerOptions(out_dir=str(tmp_path / "deploy"), threads=1)
+    res = launch.run("deploy", cfg, tiers=TIERS, options=opts, probe=True)
+    ref_table, ref_hist = launch.compare(cfg, TIERS, engines=("in-process",), threads=1, out_dir=tmp_path)
+    ours, flower = ref_table.iloc[0], launch.summary(res.history, res.ledger)
+    parity = pd.DataFrame([{"engine": "in-process", **{k: ours[k] for k in flower}}, {"engine": "deploy (TLS + auth)",
+                          **flower}])  # fmt: skip
+    print("\n" + parity[["engine", "rounds", "final_acc", "bytes_up", "bytes_down"]].to_string(index=False))
+
+    assert res.status["status"] == "finished" and res.status["secure"] and res.failures.empty
+    assert flower["final_acc"] == ours["final_acc"] > 0.1 and flower["rounds"] == 2  # chance is 0.1
+    assert (flower["bytes_up"], flower["bytes_down"]) == (ours["bytes_up"], ours["bytes_down"])
+    assert list(res.history["bytes_up"]) == list(ref_hist["in-process"]["bytes_up"])
+    # The strangers: refused with Flower's reasons, exited before the run was submitted.
+    refused = {r["probe"]: r for r in res.refusals}
+    assert set(refused) == {"unlisted-key", "untrusted-ca"} and all(r["refused"] for r in refused.values())
+    assert refused["unlisted-key"]["reason"].startswith("[code: 2004] Failed to activate SuperNode")
+    assert "CERTIFICATE_VERIFY_FAILED" in refused["untrusted-ca"]["reason"]
+    # Only the registered SuperNodes took part: the ServerApp's nodes are exactly the registered node ids.
+    registered = {int(k): v for k, v in res.status["registered"].items()}
+    assert dict(zip(res.nodes["client"], res.nodes["node_id"], strict=True)) == registered
+    assert list(res.nodes["tier"]) == TIERS and res.leftover == []
+    superlink_log = (tmp_path / "deploy" / "deploy" / "logs" / "superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in superlink_log  # what the SuperLink logs
+
+
+@pytest.mark.flower
+@needs_flwr
+def test_insecure_deployment_stays_available_and_says_what_it_gives_up(tmp_path):
+    why = _can_isolate()
+    if why:
+        pytest.skip(why)
+    from reft.flower import processes
+    from reft.flower.deployment import Deployment, InsecureDeploymentWarning
+
+    if not processes.loopback_only():
+        pytest.skip("starts a SuperLink in this process: run the tests through scripts/loopback.sh")
+    with Deployment(tmp_path, secure=False) as dep:
+        with pytest.warns(InsecureDeploymentWarning, match="no TLS.*any process that reaches"):
+            dep.start_superlink()
+        assert "insecure = true" in (dep.home / "config.toml").read_text() and dep.credentials is None
+        with pytest.raises(RuntimeError, match="secure SuperLink"):
+            dep.probe()
+    assert dep.owned() == []

@@ -8,8 +8,11 @@ on Flower's simulation and deployment engines, with the in-process engine's accu
   the strategies of ``reft.strategies`` through Flower's Grid) and the ClientApp (trains what it receives);
 * :mod:`reft.flower.processes`: the processes of a run, started with a marker in their environment,
   found by it and stopped by PID; offline environment, free ports, loopback-only network namespace;
+* :mod:`reft.flower.security`: the credentials of a secure deployment (a CA made for the run, the
+  SuperLink's TLS certificate, one authentication key pair per SuperNode);
 * :mod:`reft.flower.deployment`: :class:`~reft.flower.deployment.Deployment` (a SuperLink and N SuperNodes
-  on 127.0.0.1, owned and stopped by PID; submits REFT with ``flwr run``);
+  on 127.0.0.1, owned and stopped by PID, TLS and SuperNode authentication unless ``secure=False``;
+  submits REFT with ``flwr run``; :meth:`~reft.flower.deployment.Deployment.probe` sends strangers);
 * :mod:`reft.flower.results`: :class:`~reft.flower.results.FlowerResult` and
   :func:`~reft.flower.results.read_result` (what a run wrote into its output folder);
 * :mod:`reft.flower.engines`: :func:`~reft.flower.engines.deploy`,
@@ -19,7 +22,7 @@ on Flower's simulation and deployment engines, with the in-process engine's accu
   and :func:`~reft.flower.compare.compare_algorithms` (that for every algorithm: ``scripts/flower_parity.py``);
 * :mod:`reft.flower.launch`: the command line (:func:`~reft.flower.launch.main`); re-exports all of the above
   that callers use (``from reft.flower import launch``; ``launch.run``, ``launch.compare``, ...);
-* ``python -m reft.flower {deploy,simulate,simulate-superlink,app}``: the same from the command line.
+* ``python -m reft.flower {deploy,simulate,simulate-superlink,app,certs}``: the same from the command line.
 
 Needs the optional extra: ``pip install -e '.[flower]'``.
 """

@@ -1,7 +1,7 @@
 """The same workload on the in-process engine (:mod:`reft.engine`) and on Flower's engines, side by side.
 
-:func:`compare` gives one row per engine (status, wall time, rounds, final accuracy, the Ledger's
-bytes up and down, and whether both equal the in-process run's) and each engine's history;
+:func:`compare` gives one row per engine (status, wall time, and :func:`summary`: rounds, final accuracy,
+the Ledger's bytes up and down; whether both equal the in-process run's) and each engine's history;
 :func:`compare_algorithms` does that for several algorithms (default: all five of
 :data:`ALGORITHMS`) and :func:`write_table` saves the table as CSV; :func:`has_flwr` tells whether an
 interpreter can run the Flower engines at all.
@@ -32,6 +32,14 @@ def has_flwr(python: str | None = None) -> bool:
     return subprocess.run([python or sys.executable, "-c", code], check=False).returncode == 0
 
 
+def summary(history: pd.DataFrame, ledger: pd.DataFrame) -> dict:
+    """Rounds, final server accuracy and the Ledger's bytes up and down (also in MB) of one run."""
+    by_dir = ledger.groupby("direction")["bytes"].sum() if len(ledger) else pd.Series(dtype=int)
+    up, down = int(by_dir.get("up", 0)), int(by_dir.get("down", 0))
+    return {"rounds": len(history), "final_acc": float(history["server_acc"].iloc[-1]), "bytes_up": up,
+            "bytes_down": down, "mb_up": up / 1e6, "mb_down": down / 1e6}  # fmt: skip
+
+
 def compare(
     cfg: RunConfig,
     tiers: Sequence[str] | None = None,
@@ -40,6 +48,7 @@ def compare(
     python: str | None = None,
     out_dir: str | Path | None = None,
     splits=None,
+    secure: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The same workload (``cfg.algorithm``, its codecs) on the in-process engine and on Flower's engines.
 
@@ -48,7 +57,8 @@ def compare(
     SuperNodes report; the in-process run gets them as ``tier_mix``. Flower engines are skipped
     (``status`` says so) when ``python`` has no flwr. Returns the table (one row per engine; ``bytes_up``
     and ``bytes_down`` are the Ledger's totals; ``same_acc`` and ``same_bytes`` compare them with the
-    in-process run's, exactly) and each engine's history.
+    in-process run's, exactly) and each engine's history. ``secure``: the deployment with TLS and
+    SuperNode authentication (the default), or ``--insecure``.
     """
     import torch
 
@@ -83,7 +93,9 @@ def compare(
             continue
         else:
             opts = fconfig.FlowerOptions(out_dir=str(out / engine), threads=threads)
-            res = run(engine, cfg, tiers=tiers if engine == "deploy" else None, options=opts, python=python)
+            res = run(
+                engine, cfg, tiers=tiers if engine == "deploy" else None, options=opts, python=python, secure=secure
+            )
             h, ledger = res.history, res.ledger
             row.update(
                 status=res.status.get("status"),
@@ -93,14 +105,7 @@ def compare(
                 leftover_processes=len(res.leftover),
             )
         histories[engine] = h
-        by_dir = ledger.groupby("direction")["bytes"].sum() if len(ledger) else pd.Series(dtype=int)
-        row.update(
-            rounds=len(h),
-            final_acc=float(h["server_acc"].iloc[-1]),
-            bytes_up=int(by_dir.get("up", 0)),
-            bytes_down=int(by_dir.get("down", 0)),
-        )
-        row.update(mb_up=row["bytes_up"] / 1e6, mb_down=row["bytes_down"] / 1e6)
+        row.update(summary(h, ledger))
         rows.append(row)
     table = pd.DataFrame(rows)
     if "in-process" in histories and "final_acc" in table:
@@ -120,6 +125,7 @@ def compare_algorithms(
     python: str | None = None,
     out_dir: str | Path | None = None,
     splits=None,
+    secure: bool = True,
 ) -> pd.DataFrame:
     """:func:`compare` for every algorithm of ``algorithms`` (same seed, same codecs: ``cfg``'s); one table,
     one row per algorithm and engine. The dataset is loaded once (``splits``, default ``cfg.dataset``)."""
@@ -128,7 +134,8 @@ def compare_algorithms(
     splits = reft_engine.source(cfg, splits) if "in-process" in engines else splits
     out = Path(out_dir or tempfile.mkdtemp(prefix="reft-flower-parity-"))
     tables = [
-        compare(cfg.replace(algorithm=a), tiers, engines, threads, python, out / a, splits)[0] for a in algorithms
+        compare(cfg.replace(algorithm=a), tiers, engines, threads, python, out / a, splits, secure)[0]
+        for a in algorithms
     ]
     return pd.concat(tables, ignore_index=True)
 

@@ -1,11 +1,16 @@
 """A Flower federation on this machine: :class:`Deployment` starts, watches and stops its own processes.
 
 :class:`Deployment` owns its processes: one ``flower-superlink`` and N ``flower-supernode``
-(each with its ``partition-id`` and ``tier`` in ``--node-config``), all bound to 127.0.0.1,
-insecure (TLS is for real networks; see the README). Flower detaches some of its own helpers
-(the SuperLink's ``flower-superexec`` starts a new session), so a process tree is not enough to
-find them all: every process started here carries a marker in its environment
-(:data:`reft.flower.processes.MARKER`), and :meth:`Deployment.stop` ends each process with that
+(each with its ``partition-id`` and ``tier`` in ``--node-config``), all bound to 127.0.0.1. By default
+the deployment is secure as a real one should be (:mod:`reft.flower.security`): a CA and certificates
+made for the run, TLS on every connection (SuperLink, each SuperNode's local API, the ``flwr`` CLI), and
+SuperNode authentication: one key pair per SuperNode, each public key registered at the SuperLink
+(``flwr supernode register``) before that SuperNode starts; :meth:`Deployment.probe` shows that a
+stranger is refused. ``secure=False`` is Flower's ``--insecure`` (and says what it gives up).
+
+Flower detaches some of its own helpers (the SuperLink's ``flower-superexec`` starts a new session),
+so a process tree is not enough to find them all: every process started here carries a marker in its
+environment (:data:`reft.flower.processes.MARKER`), and :meth:`Deployment.stop` ends each process with that
 marker, by PID, then checks that none is left. :meth:`Deployment.run` submits REFT with ``flwr run``
 and waits for the ServerApp; reading its output is :mod:`reft.flower.results`.
 """
@@ -16,12 +21,14 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,17 +36,39 @@ import psutil
 
 from reft.config import RunConfig
 from reft.flower import config as fconfig
+from reft.flower import security
 from reft.flower.processes import MARKER, OFFLINE_ENV, flower_bin, free_port
 from reft.flower.results import FlowerResult, client_started, read_result
 
 
-class Deployment:
-    """A SuperLink and N SuperNodes on 127.0.0.1, owned by this object (use it as a context manager)."""
+class InsecureDeploymentWarning(UserWarning):
+    """A deployment without TLS and SuperNode authentication was started (:data:`security.INSECURE_NOTE`)."""
 
-    def __init__(self, workdir: str | Path | None = None, host: str = "127.0.0.1", quiet: bool = True) -> None:
+
+PROBES = ("unlisted-key", "untrusted-ca")  # the strangers :meth:`Deployment.probe` sends
+
+
+class Deployment:
+    """A SuperLink and N SuperNodes on 127.0.0.1, owned by this object (use it as a context manager).
+
+    ``secure`` (default): TLS and SuperNode authentication with ``credentials`` (default: a new CA and
+    keys in ``workdir/certs``); ``False``: Flower's ``--insecure``, with an :class:`InsecureDeploymentWarning`.
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        host: str = "127.0.0.1",
+        quiet: bool = True,
+        secure: bool = True,
+        credentials: security.Credentials | None = None,
+    ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="reft-flower-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.host, self.quiet = host, quiet
+        self.host, self.quiet, self.secure = host, quiet, secure
+        self.credentials = credentials
+        self.registered: dict[int, int] = {}  # partition id -> node id the SuperLink gave its public key
+        self.refusals: list[dict] = []  # what probe() saw
         self.marker = uuid.uuid4().hex
         self.home = self.workdir / "flwr-home"
         self.home.mkdir(exist_ok=True)
@@ -64,7 +93,7 @@ class Deployment:
         self.procs[name] = proc
         return proc
 
-    def start_superlink(self, timeout: float = 60.0, simulation: bool = False) -> int:
+    def start_superlink(self, timeout: float = 120.0, simulation: bool = False) -> int:
         """Start the SuperLink (one HTTP port for the Fleet, Control and ServerAppIo APIs); returns the port.
 
         ``simulation``: a SuperLink with Flower's simulation runtime (virtual SuperNodes on Ray), for
@@ -74,14 +103,27 @@ class Deployment:
             raise RuntimeError("This Deployment already has a SuperLink.")
         self.port = free_port(self.host)
         self.simulation = simulation
-        cmd = [flower_bin("flower-superlink"), "--insecure", "--host", self.host, "--port", str(self.port)]
+        cmd = [flower_bin("flower-superlink"), "--host", self.host, "--port", str(self.port)]
+        if self.secure:
+            if self.credentials is None:
+                self.credentials = security.create(self.workdir / "certs", hosts=[self.host])
+            args = self.credentials.superlink_args()
+            cmd += [a for a in args if a != "--enable-supernode-auth"] if simulation else args  # no SuperNodes
+            scheme, context = "https", ssl.create_default_context(cafile=str(self.credentials.ca_cert))
+            trust = f'root-certificates = "{self.credentials.ca_cert.resolve()}"'
+        else:
+            if not simulation:  # a simulation SuperLink has no SuperNodes to let in
+                warnings.warn(security.INSECURE_NOTE, InsecureDeploymentWarning, stacklevel=2)
+            cmd += ["--insecure"]
+            scheme, context, trust = "http", None, "insecure = true"
         proc = self._start("superlink", cmd + (["--simulation"] if simulation else []))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {self.workdir / 'logs'}.")
             try:
-                with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=1) as r:
+                url = f"{scheme}://{self.host}:{self.port}/health"
+                with urllib.request.urlopen(url, timeout=1, context=context) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -89,9 +131,47 @@ class Deployment:
         else:
             raise TimeoutError(f"SuperLink not healthy within {timeout:g} s; see {self.workdir / 'logs'}.")
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "reft"\n\n[superlink.reft]\naddress = "{self.host}:{self.port}"\ninsecure = true\n'
+            f'[superlink]\ndefault = "reft"\n\n[superlink.reft]\naddress = "{self.host}:{self.port}"\n{trust}\n'
         )
         return self.port
+
+    def _flwr(self, *args: str, timeout: float = 120.0) -> dict:
+        """Run a ``flwr`` CLI command against this SuperLink (``--format json``); its JSON answer."""
+        cmd = [flower_bin("flwr"), *args, "reft", "--format", "json"]
+        res = subprocess.run(cmd, env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=timeout)
+        out = res.stdout[res.stdout.find("{") :] if "{" in res.stdout else ""
+        try:
+            answer = json.loads(out)
+        except json.JSONDecodeError:
+            answer = {}
+        if res.returncode != 0 or not answer.get("success", False):
+            raise RuntimeError(f"flwr {' '.join(args)} failed ({res.returncode}): {res.stdout}\n{res.stderr}")
+        return answer
+
+    def register(self, partition_ids: Sequence[int]) -> dict[int, int]:
+        """Make each SuperNode's key pair (if new) and register its public key at the SuperLink (in parallel);
+        returns partition id -> the node id the SuperLink assigned."""
+        if self.port is None or not self.secure:
+            raise RuntimeError("register() needs a running secure SuperLink (start_superlink with secure=True).")
+        todo = [i for i in partition_ids if i not in self.registered]
+        procs = {}
+        for i in todo:
+            self.credentials.add_supernode(i)
+            cmd = [flower_bin("flwr"), "supernode", "register", str(self.credentials.node_pub(i)), "reft",
+                   "--format", "json", "--name", f"supernode-{i}"]  # fmt: skip
+            procs[i] = subprocess.Popen(cmd, env=self.env, cwd=self.workdir, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        for i, proc in procs.items():
+            out, _ = proc.communicate(timeout=120)
+            try:
+                self.registered[i] = int(json.loads(out[out.find("{") :])["node-id"])
+            except (ValueError, KeyError) as e:
+                raise RuntimeError(f"Registering SuperNode {i}'s public key failed ({proc.returncode}): {out}") from e
+        return {i: self.registered[i] for i in partition_ids}
+
+    def listed_nodes(self) -> list[dict]:
+        """The SuperNodes the SuperLink knows (``flwr supernode list``): node id, status, ..."""
+        return self._flwr("supernode", "list")["nodes"]
 
     def start_supernode(self, partition_id: int, tier: str | None = None, **node_config: str | int | float) -> str:
         """Start one SuperNode holding partition ``partition_id`` of the private data, on hardware ``tier``."""
@@ -100,26 +180,95 @@ class Deployment:
         if partition_id in self.nodes:
             raise ValueError(f"A SuperNode with partition-id {partition_id} is already running.")
         items = {"partition-id": partition_id, **({"tier": tier} if tier else {}), **node_config}
-        nc = " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
         name = f"supernode-{partition_id}"
-        cmd = [
-            flower_bin("flower-supernode"), "--insecure", "--superlink", f"{self.host}:{self.port}",
-            "--host", self.host, "--port", str(free_port(self.host)), "--node-config", nc,
-        ]  # fmt: skip
-        self._start(name, cmd)
+        if self.secure:
+            self.register([partition_id])
+            auth = self.credentials.supernode_args(partition_id)
+        else:
+            auth = ["--insecure"]
+        self._start(name, self._supernode_cmd(items, auth))
         self.nodes[partition_id] = name
         return name
 
-    def start(self, tiers: Sequence[str | None], stall: tuple[int, int] | None = None) -> Deployment:
+    def _supernode_cmd(self, node_config: dict, auth: Sequence[str]) -> list[str]:
+        nc = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+        return [
+            flower_bin("flower-supernode"), *auth, "--superlink", f"{self.host}:{self.port}",
+            "--host", self.host, "--port", str(free_port(self.host)), "--node-config", nc,
+        ]  # fmt: skip
+
+    def probe(self, kinds: Sequence[str] = PROBES, timeout: float = 90.0) -> list[dict]:
+        """Send strangers to the SuperLink, all at once, and record how each was refused.
+
+        ``unlisted-key``: a SuperNode that trusts the CA but signs with a key nobody registered.
+        ``untrusted-ca``: a SuperNode with the registered key of SuperNode 0 that trusts another CA (as
+        one started without ``--root-certificates`` does). Both claim partition-id 0, so one let in would
+        also break the run. Returns one row per stranger: its exit code, whether it was refused (it
+        exited without ever being activated) and Flower's reason, from its log.
+        """
+        return self._verdicts(self._send_strangers(kinds), timeout)
+
+    def _send_strangers(self, kinds: Sequence[str]) -> dict[str, tuple[subprocess.Popen, float]]:
+        if not self.secure or self.port is None:
+            raise RuntimeError("probe() needs a running secure SuperLink.")
+        unknown = sorted(set(kinds) - set(PROBES))
+        if unknown:
+            raise ValueError(f"Unknown probe(s) {unknown}; valid: {', '.join(PROBES)}.")
+        folder = self.workdir / "strangers"
+        folder.mkdir(exist_ok=True)
+        started = {}
+        for kind in kinds:
+            if kind == "unlisted-key":
+                key = security.write_auth_key(folder / "unlisted.key")
+                auth = ["--root-certificates", str(self.credentials.ca_cert), "--auth-supernode-private-key", str(key)]
+            else:
+                other = folder / "other-ca"
+                other_ca = security.load(other) if (other / "ca.crt").exists() else security.create(other)
+                self.register([0])
+                auth = ["--root-certificates", str(other_ca.ca_cert),
+                        "--auth-supernode-private-key", str(self.credentials.node_key(0))]  # fmt: skip
+            cmd = self._supernode_cmd({"partition-id": 0, "stranger": kind}, [*auth, "--max-retries", "3"])
+            started[kind] = (self._start(f"stranger-{kind}", cmd), time.monotonic())
+        return started
+
+    def _verdicts(self, started: dict[str, tuple[subprocess.Popen, float]], timeout: float) -> list[dict]:
+        rows = []
+        for kind, (proc, t0) in started.items():
+            try:
+                code = proc.wait(timeout=max(1.0, timeout - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                code = None  # still trying: not in, but not turned away either
+            log = (self.workdir / "logs" / f"stranger-{kind}.log").read_text(errors="replace")
+            joined = "SuperNode ID:" in log  # what flower-supernode logs once the SuperLink activated it
+            reason = next((ln.strip() for ln in log.splitlines() if ln.startswith(("[code:", "[SSL"))), "")
+            rows.append({"probe": kind, "exit_code": code, "refused": code not in (None, 0) and not joined,
+                         "reason": reason, "seconds": round(time.monotonic() - t0, 1)})  # fmt: skip
+        self.refusals += rows
+        return rows
+
+    def start(
+        self, tiers: Sequence[str | None], stall: tuple[int, int] | None = None, probe: bool = False
+    ) -> Deployment:
         """A SuperLink plus one SuperNode per entry of ``tiers`` (partition ids 0, 1, ...).
 
         ``stall=(partition_id, round)`` makes that node's ClientApp hang in that round (node config
         ``stall-round``): a device that stops mid-round, so a kill lands mid-round every time.
+        ``probe``: :meth:`probe` while the SuperNodes start; returns once every stranger is refused (or
+        its timeout passed), so none is still about when the run is submitted (secure deployments only).
         """
         self.start_superlink()
+        strangers = {}
+        if self.secure:
+            self.register(range(len(tiers)))
+            if probe:
+                strangers = self._send_strangers(PROBES)
+        elif probe:
+            raise ValueError("probe=True needs a secure deployment (secure=True).")
         for i, tier in enumerate(tiers):
             extra = {"stall-round": stall[1]} if stall is not None and stall[0] == i else {}
             self.start_supernode(i, tier, **extra)
+        if strangers:
+            self._verdicts(strangers, timeout=90.0)
         return self
 
     def _tree(self, root: int) -> list[psutil.Process]:
@@ -258,4 +407,6 @@ class Deployment:
             raise RuntimeError(f"The ServerApp failed: {status.get('error')}; see {self.workdir / 'logs'}.")
         result = read_result(out, wall)
         result.killed = list(self.killed)
+        result.refusals = list(self.refusals)
+        result.status.update(secure=self.secure, registered={str(k): v for k, v in self.registered.items()})
         return result

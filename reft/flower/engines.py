@@ -40,20 +40,25 @@ def deploy(
     kill: tuple[int, int] | None = None,
     timeout: float = 600.0,
     kill_signal: int = signal.SIGKILL,
+    secure: bool = True,
+    probe: bool = False,
 ) -> FlowerResult:
     """Start a SuperLink + ``cfg.n_clients`` SuperNodes on loopback, run ``cfg.algorithm``, stop everything.
 
     ``tiers`` (one per SuperNode) go into the node configs; by default each node takes the tier
-    ``cfg.tier_mix`` gives it (as in the in-process engine). ``result.leftover`` lists PIDs that
-    survived the stop (none, unless something is badly wrong).
+    ``cfg.tier_mix`` gives it (as in the in-process engine). ``secure`` (default): TLS and SuperNode
+    authentication with credentials made for the run; ``probe``: send strangers first
+    (:meth:`~reft.flower.deployment.Deployment.probe`; ``result.refusals``). ``result.leftover`` lists
+    PIDs that survived the stop (none, unless something is badly wrong).
     """
     tiers = list(tiers) if tiers is not None else [None] * cfg.n_clients
     if len(tiers) != cfg.n_clients:
         raise ValueError(f"Give one tier per SuperNode: {cfg.n_clients} clients but {len(tiers)} tiers.")
-    dep = Deployment(workdir)
+    dep = Deployment(workdir, secure=secure)
     t0 = time.perf_counter()
     try:
-        dep.start(tiers, stall=kill)  # the node to kill hangs in that round, so the kill is always mid-round
+        # the node to kill hangs in that round, so the kill is always mid-round
+        dep.start(tiers, stall=kill, probe=probe)
         result = dep.run(cfg, options, timeout=timeout, kill=kill, kill_signal=kill_signal)
     finally:
         leftover = dep.stop()
@@ -67,10 +72,16 @@ def simulate_superlink(
     options: fconfig.FlowerOptions | None = None,
     workdir: str | Path | None = None,
     timeout: float = 600.0,
+    secure: bool = False,
 ) -> FlowerResult:
     """``flwr run`` on a SuperLink started with Flower's simulation runtime (the CLI way to simulate):
-    virtual SuperNodes on Ray, run config from the app's pyproject.toml; every process stopped after."""
-    dep = Deployment(workdir)
+    virtual SuperNodes on Ray, run config from the app's pyproject.toml; every process stopped after.
+
+    No SuperNodes connect, and :func:`run` keeps it in a loopback-only namespace, so it runs without TLS
+    by default, as before. ``secure=True`` (TLS for the CLI and the ServerApp) is not verified: on a
+    starved machine the one try timed out, as did a try without TLS ("Runtime task-token authentication
+    failed" in the SuperLink's log in both)."""
+    dep = Deployment(workdir, secure=secure)
     t0 = time.perf_counter()
     try:
         dep.start_superlink(simulation=True)
@@ -131,13 +142,16 @@ def run(
     isolate: bool = True,
     timeout: float = 900.0,
     num_cpus: int | None = None,
+    secure: bool = True,
+    probe: bool = False,
 ) -> FlowerResult:
     """Run ``cfg.algorithm`` on a Flower engine in a child process: ``"deploy"`` (SuperLink + SuperNodes),
     ``"simulate"`` (``run_simulation``) or ``"simulate-superlink"`` (``flwr run`` on a simulation SuperLink).
 
     With ``isolate`` (default) the child runs in a loopback-only network namespace (unless this
     process already is in one), so nothing Flower or Ray starts can reach beyond 127.0.0.1.
-    ``python`` is an interpreter that has ``flwr`` (default: this one). After the child exits,
+    ``python`` is an interpreter that has ``flwr`` (default: this one). ``secure`` and ``probe``: as in
+    :func:`deploy` (the simulation engines run without TLS, see :func:`simulate_superlink`). After the child exits,
     ``result.leftover`` also lists any process of the run still alive anywhere (should be none).
     """
     if engine not in ENGINES:
@@ -156,6 +170,7 @@ def run(
         spec["kill"], spec["kill_signal"] = list(kill), int(kill_signal)
     if num_cpus is not None:
         spec["num_cpus"] = num_cpus
+    spec["secure"], spec["probe"] = bool(secure), bool(probe)
     (out / "spec.json").write_text(json.dumps(spec, indent=1))
     argv = [python or sys.executable, "-m", "reft.flower", engine, "--spec", str(out / "spec.json")]
     if isolate and not loopback_only():
@@ -172,7 +187,10 @@ def run(
         raise RuntimeError(f"The {engine} run failed (exit {proc.returncode}); log {out / 'launcher.log'}:\n{tail}")
     result = read_result(out / "run")
     info = read_run_info(out)
-    result.wall_s, result.killed = info["wall_s"], info["killed"]
+    result.wall_s, result.killed, result.refusals = info["wall_s"], info["killed"], info.get("refusals", [])
+    for key in ("secure", "registered"):
+        if key in info["status"]:
+            result.status[key] = info["status"][key]
     result.leftover = sorted(set(info["leftover"]) | set(leftover))
     result.status.update(total_wall_s=wall, engine=engine, stray_pids_stopped=stray)
     return result
@@ -185,7 +203,10 @@ def run_spec(engine: str, spec_path: Path) -> int:
     if engine == "deploy":
         kill = tuple(spec["kill"]) if "kill" in spec else None
         sig = spec.get("kill_signal", int(signal.SIGKILL))
-        res = deploy(cfg, spec.get("tiers"), opts, workdir=spec_path.parent / "deploy", kill=kill, kill_signal=sig)
+        res = deploy(
+            cfg, spec.get("tiers"), opts, workdir=spec_path.parent / "deploy", kill=kill, kill_signal=sig,
+            secure=spec.get("secure", True), probe=spec.get("probe", False),
+        )  # fmt: skip
     elif engine == "simulate-superlink":
         res = simulate_superlink(cfg, opts, workdir=spec_path.parent / "deploy")
     else:

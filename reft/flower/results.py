@@ -18,7 +18,7 @@ import pandas as pd
 @dataclass
 class FlowerResult:
     """A finished Flower run: history and Ledger (from the ServerApp), what each client recorded,
-    failures, the SuperNodes, timings, and the PIDs still alive after
+    failures, the SuperNodes, timings, the strangers refused (when probed), and the PIDs still alive after
     :meth:`~reft.flower.deployment.Deployment.stop` (should be none)."""
 
     history: pd.DataFrame
@@ -30,6 +30,7 @@ class FlowerResult:
     wall_s: float
     killed: list[int] = field(default_factory=list)
     leftover: list[int] = field(default_factory=list)
+    refusals: list[dict] = field(default_factory=list)  # strangers the SuperLink turned away (Deployment.probe)
 
     @property
     def final_acc(self) -> float:
@@ -69,8 +70,14 @@ def client_started(out: Path, partition_id: int, rnd: int) -> bool:
 
 
 def write_run_info(out_dir: str | Path, result: FlowerResult) -> dict:
-    """Write ``result.json`` (wall time, killed nodes, PIDs left over, status) for the parent process."""
-    info = {"wall_s": result.wall_s, "killed": result.killed, "leftover": result.leftover, "status": result.status}
+    """Write ``result.json`` (wall time, killed nodes, PIDs left over, status, refusals) for the parent process."""
+    info = {
+        "wall_s": result.wall_s,
+        "killed": result.killed,
+        "leftover": result.leftover,
+        "status": result.status,
+        "refusals": result.refusals,
+    }
     (Path(out_dir) / "result.json").write_text(json.dumps(info, indent=1))
     return info
 
