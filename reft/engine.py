@@ -283,7 +283,8 @@ def client_update(
     strategy: Strategy | None = None, options: Mapping[str, Any] | None = None,
 ) -> train.FitResult:  # fmt: skip
     """A client's local training in round ``rnd``, seeded by (run seed, round, client): every engine
-    (in-process, Flower) calls this, so the same seed trains identically everywhere. ``strategy``
+    (in-process, Flower) calls this, so the same seed trains identically on every engine (bit for bit on
+    the same CPU model, torch version and thread count). ``strategy``
     and ``options`` (its :meth:`~reft.strategies.Strategy.local_options` for this client) let an
     algorithm change local training, e.g. HeteroFL's Scaler and masked cross-entropy. The model trains on
     ``RunConfig.device`` (moved there in place), augmented as ``RunConfig.augments`` says."""
