@@ -283,9 +283,10 @@ def client_update(
     strategy: Strategy | None = None, options: Mapping[str, Any] | None = None,
 ) -> train.FitResult:  # fmt: skip
     """A client's local training in round ``rnd``, seeded by (run seed, round, client): every engine
-    (in-process, Flower) calls this, so the same seed trains identically on every engine (bit for bit on
-    the same CPU model, torch version and thread count). ``strategy`` and ``options`` (its
-    :meth:`~reft.strategies.Strategy.local_options` for this client) let an algorithm change local training, e.g. HeteroFL's Scaler and masked cross-entropy. The model trains on
+    (in-process, Flower) calls this, so the same seed trains identically on every engine (bit for bit
+    on the same CPU model, torch version and thread count). ``strategy``
+    and ``options`` (its :meth:`~reft.strategies.Strategy.local_options` for this client) let an
+    algorithm change local training, e.g. HeteroFL's Scaler and masked cross-entropy. The model trains on
     ``RunConfig.device`` (moved there in place), augmented as ``RunConfig.augments`` says."""
     seed = cfg.seed * 100_003 + rnd * 1_009 + cid
     ctx = strategy.local_training(model, y, options or {}) if strategy is not None else nullcontext(None)

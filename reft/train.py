@@ -150,10 +150,11 @@ def fit(
     ``y`` may hold class labels (default loss: cross-entropy) or anything ``loss_fn(logits, y_batch)``
     accepts, e.g. soft targets for distillation. ``schedule`` is ``constant`` or ``cosine`` (learning
     rate annealed to 0 over all steps). ``on_epoch(epoch, mean_loss)`` is called after each epoch.
-    Shuffling and any randomness in the model are seeded by ``seed``, so the same call gives the same
-    weights on the same CPU model, torch version and thread count (elsewhere float rounding differs). A
-    NaN or infinite batch loss stops training before that step (``FitResult.diverged``); the weights are
-    left as they were, finite or not. ``augment``: every batch is randomly cropped and flipped (:func:`crop_flip`, seeded by ``seed`` too); ``amp``: bf16 autocast
+    Shuffling and any randomness in the model are seeded by ``seed``, so the same call on the same
+    CPU model, torch version and thread count gives the same weights. A NaN or infinite batch loss
+    stops training before that step
+    (``FitResult.diverged``); the weights are left as they were, finite or not. ``augment``: every batch
+    is randomly cropped and flipped (:func:`crop_flip`, seeded by ``seed`` too); ``amp``: bf16 autocast
     on CUDA (:func:`autocast`). The model moves to ``device`` in place.
     """
     if len(x) != len(y):
