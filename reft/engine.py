@@ -14,6 +14,11 @@ larger than the dense model, non-finite weights) or comes from a client whose tr
 out of that round's aggregation and named in the history (``rejected``, ``rejected_reasons``); a round
 with no accepted upload leaves the server model as it is.
 
+On the diagnostics rounds (``RunConfig.diagnostics_every`` and the last) the history also holds the dead
+ReLU units (:mod:`reft.diagnostics`) of the server model (``dead[<layer>]``) and of the uploads
+(``upload_dead[<layer>]``, their mean; ``dead_uploads``, how many have a layer with every unit dead), so a
+collapse to one class names itself.
+
 Device: the run computes on ``RunConfig.device`` (resolved by :func:`reft.train.resolve_device`): the
 :class:`~reft.federation.Federation` holds every client's shard, the public set and the test parts there
 (moved once); models are decoded on the CPU and move to the device when a client trains them or the server
@@ -45,7 +50,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reft import bench, checkpoint, comm, costs, data, report, strategies, train
+from reft import bench, checkpoint, comm, costs, data, diagnostics, report, strategies, train
 from reft import tiers as tiers_mod
 from reft.config import RunConfig
 from reft.federation import Federation
@@ -190,6 +195,10 @@ def run(
         server = strategy.server_model
         with bench.phase("server evaluation", server, test.x, len(test.x)):
             server_acc = train.evaluate(server, test.x, test.y, device=fed.device, amp=fed.amp)
+        dead = {}
+        if fed.diagnose(rnd):  # dead ReLU units of the server model and the uploads, on a fixed probe batch
+            with bench.phase("dead units (diagnostic)"):
+                dead = diagnostics.columns(server, uploads.values(), fed.public_x[: diagnostics.PROBE], fed.device)
         work += time.perf_counter() - t
 
         st = pd.DataFrame(stats)
@@ -224,6 +233,7 @@ def run(
             has = tier in by_tier.groups
             row[f"acc[{tier}]"] = float(by_tier.get_group(tier)["acc"].mean()) if has else float("nan")
             row[f"gflops[{tier}]"] = float(by_tier.get_group(tier)["flops"].mean()) / 1e9 if has else float("nan")
+        row.update(dead)
         wall = time.perf_counter() - t_round + (setup_s if rnd == 1 else 0.0)
         row.update({"wall_s": wall, "work_s": work, "overhead_pct": 100.0 * (wall - work) / wall})
         rows.append(row)
@@ -273,7 +283,8 @@ def client_update(
     strategy: Strategy | None = None, options: Mapping[str, Any] | None = None,
 ) -> train.FitResult:  # fmt: skip
     """A client's local training in round ``rnd``, seeded by (run seed, round, client): every engine
-    (in-process, Flower) calls this, so the same seed trains identically everywhere. ``strategy``
+    (in-process, Flower) calls this, so the same seed trains identically on every engine (bit for bit
+    on the same CPU model, torch version and thread count). ``strategy``
     and ``options`` (its :meth:`~reft.strategies.Strategy.local_options` for this client) let an
     algorithm change local training, e.g. HeteroFL's Scaler and masked cross-entropy. The model trains on
     ``RunConfig.device`` (moved there in place), augmented as ``RunConfig.augments`` says."""

@@ -48,6 +48,7 @@ def summary(result: RunResult, target_acc: float | None = None) -> dict:
         "final_acc": float(h["server_acc"].iloc[-1]),
         "final_test_n": int(h["test_n"].iloc[-1]),
         "client_acc_mean": float(h["client_acc_mean"].iloc[-1]),
+        **{f"final_{c}": float(h[c].iloc[-1]) for c in ("group_acc_mean", "group_acc_best") if c in h},  # FedDF
         "mb_up": up / 1e6,
         "mb_down": down / 1e6,
         "mb_total": (up + down) / 1e6,

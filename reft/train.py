@@ -188,7 +188,8 @@ def fit(
     accepts, e.g. soft targets for distillation. ``schedule`` is ``constant`` or ``cosine`` (learning
     rate annealed to 0 over all steps). ``on_epoch(epoch, mean_loss)`` is called after each epoch.
     Shuffling and any randomness in the model are seeded by ``seed``, so the same call on the same
-    machine gives the same weights. A NaN or infinite batch loss stops training before that step
+    CPU model, torch version and thread count gives the same weights. A NaN or infinite batch loss
+    stops training before that step
     (``FitResult.diverged``); the weights are left as they were, finite or not. ``augment``: every batch
     is randomly cropped and flipped (:func:`crop_flip`, seeded by ``seed`` too); ``amp``: bf16 autocast
     where the device supports it (:func:`autocast`). The model moves to ``device`` in place.

@@ -53,6 +53,8 @@ def run(label: str, seeds: list[int], methods: list[str]) -> pd.DataFrame:
                 h = res.history.iloc[-1]
                 rows.append({"method": method, "partition": key[1], "seed": seed, "final_acc": h["server_acc"],
                              "ensemble_acc": h.get("ensemble_acc", float("nan")), "wall_s": time.perf_counter() - t0,
+                             "group_acc_mean": h.get("group_acc_mean", float("nan")),  # FedDF: every group model
+                             "group_acc_best": h.get("group_acc_best", float("nan")),
                              "label": label})  # fmt: skip
                 print(rows[-1], flush=True)
                 report.save_table(pd.DataFrame(rows), name, PROFILE)

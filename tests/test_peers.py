@@ -140,27 +140,26 @@ def test_heterofl_and_feddf_with_heterogeneous_tiers(splits: data.Splits) -> Non
     assert df.history["server_acc"].max() > 0.25 and het.history["server_acc"].max() > 0.25  # chance: 0.1
 
 
-def test_scaler_divides_by_the_rate_in_training_only() -> None:
+def test_scaler_divides_the_input_of_narrow_norms_by_the_rate_in_training_only() -> None:
     torch.manual_seed(0)
     full = models.build("cnn", widths=[4, 8, 16, 16])
     sub = models.build("cnn", widths=[2, 8, 16, 4])  # conv1 at rate 2/4, hidden layer at rate 4/16
-    x, h = torch.randn(3, 1, 28, 28), torch.randn(3, 64)
-    conv1, conv2, fc, head = sub.features[0], sub.features[4], sub.fc, sub.classifier
-    x2 = torch.randn(3, 2, 14, 14)
-    with torch.no_grad():
-        plain = {"conv1": F.conv2d(x, conv1.weight, padding=1), "conv2": F.conv2d(x2, conv2.weight, padding=1),
-                 "fc": F.linear(h, fc.weight, fc.bias)}  # fmt: skip
-        with heterofl.scaler(sub, full):
-            sub.train()
-            assert torch.allclose(conv1(x), plain["conv1"] / 0.5)
-            assert torch.allclose(fc(h), plain["fc"] / 0.25)
-            assert torch.allclose(conv2(x2), plain["conv2"])  # full width: rate 1, untouched
-            z = torch.randn(3, 4)
-            assert torch.allclose(head(z), F.linear(z, head.weight, head.bias))  # the classifier keeps every output
-            sub.eval()
-            assert torch.allclose(conv1(x), plain["conv1"]) and torch.allclose(fc(h), plain["fc"])  # eval: identity
+    bn1, bn2, norm = sub.features[1], sub.features[5], sub.fc_norm
+    seen: dict[str, torch.Tensor] = {}
+    x, h, x2 = torch.randn(3, 2, 14, 14), torch.randn(3, 4), torch.randn(3, 8, 7, 7)
+    with heterofl.scaler(sub, full):
+        for name, m in {"bn1": bn1, "bn2": bn2, "norm": norm}.items():  # registered after the Scaler: see its output
+            m.register_forward_pre_hook(lambda _m, i, n=name: seen.update({n: i[0]}))
         sub.train()
-        assert torch.allclose(conv1(x), plain["conv1"])  # hooks removed when the context closes
+        bn1(x), bn2(x2), norm(h)
+        assert torch.equal(seen["bn1"], x / 0.5) and torch.equal(seen["norm"], h / 0.25)
+        assert torch.equal(seen["bn2"], x2)  # full width: rate 1, untouched
+        sub.eval()
+        bn1(x), norm(h)
+        assert torch.equal(seen["bn1"], x) and torch.equal(seen["norm"], h)  # eval: identity
+    for m in (bn1, bn2, norm):
+        m._forward_pre_hooks.clear()  # this test's own hooks
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in sub.modules())  # the Scaler's are removed
 
 
 def test_masked_cross_entropy_by_hand() -> None:
@@ -188,6 +187,6 @@ def test_heterofl_trains_with_scaler_and_mask_and_leaves_no_hooks(splits: data.S
     assert not torch.equal(weights[(True, True)], weights[(True, False)])  # so did the mask (2 classes per shard)
     for r in runs.values():
         for m in r.client_models.values():
-            assert not any(mod._forward_hooks for mod in m.modules())
+            assert not any(mod._forward_hooks or mod._forward_pre_hooks for mod in m.modules())
     opts = runs[(True, True)].strategy.local_options(None, None)
     assert opts == {"scaler_widths": [4, 8, 16, 16], "masked_ce": True}

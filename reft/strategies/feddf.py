@@ -7,7 +7,12 @@ every round.
 Checked against the published code (epfml/federated-learning-public-code, ``codes/FedDF-code``:
 ``pcode/aggregation/noise_knowledge_transfer.py``, ``pcode/master.py``, the README's CIFAR-10 command).
 
-Same as published: each group model starts from the FedAvg of its group's uploads; all uploads are
+Same as published: each group model starts from the FedAvg of its group's uploads (``start="average"``;
+``start="previous"`` distils into the group model of the round before instead, the published
+``use_fedavg_as_start=False``); every group model is evaluated and reported each round
+(``group_acc[g]``, group 0 the densest, which is also the server model of ``server_acc``, with their mean
+and best: ``group_acc_mean``, ``group_acc_best``; the best is picked on the test set, a report, never a
+choice that feeds the run); all uploads are
 teachers for every group; the ensemble averages logits; temperature 1 (the published KL has no T^2
 factor; ours has it, identical at T = 1); Adam at 1e-3; the best checkpoint on the held-out criterion
 is kept, never the starting model. Made as published here: uploads weighted uniformly (1/n) in the
@@ -36,7 +41,7 @@ import json
 
 from torch import nn
 
-from reft import bench, distill
+from reft import bench, distill, train
 from reft.federation import Client, Federation
 from reft.strategies.base import Strategy, average
 
@@ -47,17 +52,23 @@ class FedDF(Strategy):
     Distillation as in the published code: Adam, a cosine learning rate over the step budget, gradient
     norm clipped at 5, batches of 64 (``batch_size``, ``schedule``, ``clip_grad``); uploads weighted
     uniformly in the group averages and the ensemble. ``distill=False`` leaves only the per-group
-    averaging (with one group, that is FedAvg).
+    averaging (with one group, that is FedAvg). ``start``: the student of each group's distillation is the
+    average of the group's uploads (``"average"``, published default) or last round's group model
+    (``"previous"``: the uploads then only teach).
     """
 
     name = "feddf"
     weighting = "uniform"  # the published _avg_over_archs and avg_logits weight every client 1/n
+    STARTS = ("average", "previous")
 
     def __init__(
-        self, distill: bool = True, batch_size: int = 64, schedule: str = "cosine", clip_grad: float | None = 5.0
-    ) -> None:
+        self, distill: bool = True, batch_size: int = 64, schedule: str = "cosine", clip_grad: float | None = 5.0,
+        start: str = "average",
+    ) -> None:  # fmt: skip
+        if start not in self.STARTS:
+            raise ValueError(f"Unknown FedDF start {start!r}. Valid: {', '.join(self.STARTS)}.")
         self.use_distill = distill
-        self.batch_size, self.schedule, self.clip_grad = batch_size, schedule, clip_grad
+        self.batch_size, self.schedule, self.clip_grad, self.start = batch_size, schedule, clip_grad, start
 
     def setup(self, fed: Federation) -> None:
         dense = fed.dense_model()
@@ -78,14 +89,15 @@ class FedDF(Strategy):
 
     def aggregate(self, fed: Federation, rnd: int, uploads: dict[int, nn.Module]) -> dict[str, float]:
         ids = sorted(uploads)
-        with bench.phase("server: averaging"):
-            for key, model in self.groups.items():
-                members = [i for i in ids if self.group_of[fed.clients[i].tier] == key]
-                if members:
-                    states = [uploads[i].state_dict() for i in members]
-                    model.load_state_dict(average(states, self.weights(fed, members)))
+        if not (self.use_distill and self.start == "previous"):
+            with bench.phase("server: averaging"):
+                for key, model in self.groups.items():
+                    members = [i for i in ids if self.group_of[fed.clients[i].tier] == key]
+                    if members:
+                        states = [uploads[i].state_dict() for i in members]
+                        model.load_state_dict(average(states, self.weights(fed, members)))
         if not self.use_distill:
-            return {"server_flops": 0.0}
+            return {"server_flops": 0.0, **self.group_accuracy(fed, rnd)}
         c = fed.cfg
         teachers, w = [uploads[i] for i in ids], self.weights(fed, ids)
         pub, test = fed.public_x, fed.test_for(rnd)
@@ -113,4 +125,14 @@ class FedDF(Strategy):
             "distill_epochs": float(sum(epochs)) / len(epochs),
             "groups": float(len(self.groups)),
             "server_flops": flops,
+            **self.group_accuracy(fed, rnd),
         }
+
+    def group_accuracy(self, fed: Federation, rnd: int) -> dict[str, float]:
+        """Every group model's test accuracy this round (``group_acc[g]``, 0 = densest), their mean and best,
+        as the published code evaluates every architecture's model (a report: it feeds nothing back)."""
+        test = fed.test_for(rnd)
+        with bench.phase("server: group evaluation (report)"):
+            acc = [train.evaluate(m, test.x, test.y, device=fed.device, amp=fed.amp) for m in self.groups.values()]
+        return {**{f"group_acc[{g}]": a for g, a in enumerate(acc)},
+                "group_acc_mean": sum(acc) / len(acc), "group_acc_best": max(acc)}  # fmt: skip

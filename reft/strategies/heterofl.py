@@ -9,10 +9,11 @@ Checked against the published code (dem123456789/HeteroFL-..., ``src/fed.py``, `
 Same as published: leading channel slices; per-entry averaging where entries no client holds keep their
 value; each client counted once (``weighting = "uniform"``, as ``combine()`` counts clients);
 classifier rows averaged over the clients holding the class (see below); the
-**Scaler** (:func:`scaler`: a width-reduced layer's output divided by ``width / global width`` in
-training mode, identity in eval mode; in the published models every Scaler precedes a norm layer,
-where batch statistics cancel it almost exactly; in our CNN it also acts on the hidden linear layer,
-which has no norm after it); **masked cross-entropy** (:func:`masked_cross_entropy`: absent classes'
+**Scaler** (:func:`scaler`: in training mode, the input of every width-reduced norm layer divided by
+``width / global width``, identity in eval mode; as in the published models, it sits only just before a
+norm layer, where batch statistics cancel it almost exactly; until issue 25 it also acted on our CNN's
+hidden linear layer, which had no norm after it, and killed the narrower clients' hidden units);
+**masked cross-entropy** (:func:`masked_cross_entropy`: absent classes'
 logits set to 0, on in every published run; with every class on a client it is plain cross-entropy).
 
 Still different, and why:
@@ -61,26 +62,51 @@ def leading_slice(state: Mapping[str, torch.Tensor], like: Mapping[str, torch.Te
     return out
 
 
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _width(norm: nn.Module) -> int:
+    """The number of channels a norm layer normalises."""
+    if isinstance(norm, nn.LayerNorm):
+        return int(norm.normalized_shape[0])
+    return int(norm.num_channels if isinstance(norm, nn.GroupNorm) else norm.num_features)
+
+
 @contextmanager
 def scaler(model: nn.Module, reference: nn.Module) -> Iterator[nn.Module]:
-    """HeteroFL's Scaler while the context is open: the output of every conv or linear layer of ``model``
-    that is narrower than the same layer of ``reference`` (the global model) is divided by its rate
-    (``width / global width``) in training mode; identity in eval mode and for full-width layers (the
-    classifier keeps all its outputs, so it is never scaled). Hooks only: weights, spec and bytes stay."""
+    """HeteroFL's Scaler while the context is open, where the authors put it: just before a norm layer.
+    The input of every norm layer of ``model`` that is narrower than the same layer of ``reference`` (the
+    global model) is divided by its rate (``width / global width``) in training mode; identity in eval
+    mode and at full width. A layer with no norm after it (a hidden linear layer, the classifier) is
+    never scaled: in the published models (``src/models/conv.py``, ``resnet.py``) every Scaler precedes a
+    norm, and one that does not multiplies activations and gradients by up to 1/rate (3-21x here), which
+    killed every hidden unit of the narrower clients in one epoch (issue 25). Hooks only: weights, spec
+    and bytes stay.
+
+    Running statistics: the published clients keep none (static BN). Ours do, and a norm layer that
+    trains on ``input / rate`` records statistics of the scaled input, which an eval-mode pass (no Scaler)
+    would then misread (the client's model predicted one class). So they are put in the scaled units
+    while the context is open (mean / rate, variance / rate^2) and back on exit: exact, as both updates
+    are linear."""
     ref = dict(reference.named_modules())
-    handles = []
+    handles, stats = [], []
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d | nn.Linear) and name in ref:
-            width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
-            full = ref[name].out_channels if isinstance(m, nn.Conv2d) else ref[name].out_features
-            if width != full:
-                rate = width / full
-                handles.append(m.register_forward_hook(lambda mod, _i, out, r=rate: out / r if mod.training else None))
+        if isinstance(m, NORMS) and name in ref and _width(m) != _width(ref[name]):
+            rate = _width(m) / _width(ref[name])
+            handles.append(m.register_forward_pre_hook(lambda mod, i, r=rate: (i[0] / r,) if mod.training else None))
+            if getattr(m, "running_mean", None) is not None:
+                stats.append((m, rate))
+    with torch.no_grad():
+        for m, r in stats:
+            m.running_mean.div_(r), m.running_var.div_(r * r)
     try:
         yield model
     finally:
         for h in handles:
             h.remove()
+        with torch.no_grad():
+            for m, r in stats:
+                m.running_mean.mul_(r), m.running_var.mul_(r * r)
 
 
 def masked_cross_entropy(labels: torch.Tensor, num_classes: int) -> LossFn:
@@ -95,8 +121,8 @@ def masked_cross_entropy(labels: torch.Tensor, num_classes: int) -> LossFn:
 class HeteroFL(Strategy):
     """One global model; width-sliced sub-models per tier; per-entry averaging, each client once.
 
-    ``scaler`` (default on, as in every published run): a width-reduced layer's output is divided by
-    its rate during local training (:func:`scaler`). ``masked_ce`` (default on, as in every published
+    ``scaler`` (default on, as in every published run): a width-reduced norm layer's input is divided
+    by its rate during local training (:func:`scaler`). ``masked_ce`` (default on, as in every published
     run, IID and non-IID): clients train with :func:`masked_cross_entropy` over the classes they hold;
     with every class present (IID here) it is plain cross-entropy. ``bn="public"`` recomputes the
     global model's BN statistics on the public set after each round (static BN); ``bn="averaged"``
