@@ -19,7 +19,8 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,11 +29,20 @@ import pandas as pd
 import torch
 import torchvision
 
-DATASETS = ("fashion-mnist", "cifar10")
+# A loader: data root -> (train images, train labels, test images, test labels, class names); images are
+# float32 N x C x H x W as the models will see them (normalised as the loader chooses), labels int64.
+Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Sequence[str]]
+Loader = Callable[[Path], Raw]
+# Every dataset :func:`load` (and RunConfig) knows, by name (:func:`register` adds one's own).
+DATASETS: dict[str, Loader] = {}
 # Whether local training augments (random crop and flip) when RunConfig.augment is None: the published
 # CIFAR recipes do; Fashion-MNIST is usually trained without (and small images gain little from crops).
-AUGMENT_BY_DEFAULT = {"fashion-mnist": False, "cifar10": True}
-SCHEMES = ("iid", "dirichlet", "shards")
+AUGMENT_BY_DEFAULT: dict[str, bool] = {}
+# A partitioner: (labels, n_clients, rng, **the options of PARTITION_OPTIONS it names) -> one index array per
+# client. Every partition scheme :func:`partition` (and RunConfig.partition) knows, by name.
+Partitioner = Callable[..., Sequence[np.ndarray]]
+SCHEMES: dict[str, Partitioner] = {}
+PARTITION_OPTIONS = ("alpha", "shards_per_client", "min_size", "max_share")
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 # Unpacked IDX sizes (bytes): verified instead of the gz MD5s, which Debian's repacking changed.
@@ -93,14 +103,16 @@ class Splits:
     def subsample(
         self, private: int | None = None, public: int | None = None, test: int | None = None, seed: int = 0
     ) -> Splits:
-        """A smaller copy (seeded random subsets) for quick runs; ``None`` keeps a part whole."""
+        """A smaller copy (seeded random subsets) for quick runs; ``None`` keeps a part whole, 0 empties it."""
         gen = np.random.default_rng(seed)
 
         def cut(d: Data, n: int | None) -> Data:
             if n is None or n >= len(d):
                 return d
-            if n < 1:
-                raise ValueError(f"A subsample needs at least 1 sample; got {n}.")
+            if n < 0:
+                raise ValueError(f"A subsample needs at least 0 samples; got {n}.")
+            if n == 0:  # e.g. no public set for an algorithm that uses none
+                return d.take([])
             return d.take(np.sort(gen.choice(len(d), size=n, replace=False)))
 
         return replace(
@@ -123,12 +135,50 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("REFT_DATA") or Path.home() / ".cache" / "reft").expanduser()
 
 
+def register(name: str, loader: Loader, augment: bool = False) -> None:
+    """Make a dataset available by name to :func:`load` and :class:`reft.config.RunConfig`.
+
+    ``loader(root)`` returns ``(x_train, y_train, x_test, y_test, classes)``: images as float tensors
+    N x C x H x W, already normalised as the loader chooses (e.g. with :func:`normalise`), int64 labels in
+    ``0..len(classes)-1``; :func:`load` holds out the public set from the training part. ``augment``: whether
+    local training augments by default (``RunConfig.augment=None``). Registering a name again replaces it.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A dataset needs a non-empty name; got {name!r}.")
+    if not callable(loader):
+        raise TypeError(f"register({name!r}, ...) needs a callable loader(root) returning (x, y, x_test, y_test, classes).")
+    DATASETS[name], AUGMENT_BY_DEFAULT[name] = loader, bool(augment)
+
+
+def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 images (N x C x H x W) as float32 in [0, 1], standardised per channel by ``mean`` and ``std``."""
+    m, sd = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
+    return (x.float().div_(255) - m) / sd
+
+
+def _check_raw(name: str, raw: object) -> Raw:
+    """The loader's output, or a clear error saying what is wrong with it."""
+    if not (isinstance(raw, tuple) and len(raw) == 5):
+        raise TypeError(f"The loader of dataset {name!r} must return (x_train, y_train, x_test, y_test, classes).")
+    xtr, ytr, xte, yte, classes = raw
+    for what, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4):
+            raise TypeError(f"Dataset {name!r}: {what} images must be a float tensor N x C x H x W.")
+        if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (len(x),)):
+            raise TypeError(f"Dataset {name!r}: {what} labels must be an int64 tensor of one label per image.")
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(classes):
+            raise ValueError(f"Dataset {name!r}: {what} labels must lie in 0..{len(classes) - 1} (one per class).")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise ValueError(f"Dataset {name!r}: train images {tuple(xtr.shape[1:])} and test {tuple(xte.shape[1:])} differ.")
+    return raw
+
+
 def load(name: str, root: str | os.PathLike | None = None, public_size: int = 10000, seed: int = 0) -> Splits:
     """Load a dataset and split its training set into private (labelled) and public (unlabelled).
 
     Args:
-        name: ``fashion-mnist`` (offline default: 50k private / 10k public / 10k test) or
-            ``cifar10`` (40k / 10k held out from CIFAR-10's training set / 10k test).
+        name: ``fashion-mnist`` (offline default: 50k private / 10k public / 10k test),
+            ``cifar10`` (40k / 10k held out from CIFAR-10's training set / 10k test) or one of :func:`register`.
         root: data folder; default ``$REFT_DATA`` or ``~/.cache/reft``.
         public_size: samples of the training set held out as the unlabelled public set.
         seed: seed of the private/public split (fixed by default, so every run sees the same split).
@@ -136,20 +186,17 @@ def load(name: str, root: str | os.PathLike | None = None, public_size: int = 10
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}.")
     root = data_root(root)
-    xtr, ytr, xte, yte, classes = (_fashion_mnist if name == "fashion-mnist" else _cifar10)(root)
-    n = len(xtr)
+    x, ytr, xte, yte, classes = _check_raw(name, DATASETS[name](root))
+    n = len(x)
     if not 0 < public_size < n:
         raise ValueError(f"public_size must be between 1 and {n - 1}; got {public_size}.")
-    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in _STATS[name])
-    norm = lambda x: (x.float().div_(255) - mean) / std  # noqa: E731
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     pub, priv = perm[:public_size], perm[public_size:]
-    x = norm(xtr)
     return Splits(
         name=name,
         private_train=Data(x[priv], ytr[priv]),
         public=Data(x[pub], None),
-        test=Data(norm(xte), yte),
+        test=Data(xte, yte),
         classes=tuple(classes),
     )
 
@@ -192,10 +239,7 @@ def _size_ok(path: Path, size: int) -> bool:
     return path.is_file() and path.stat().st_size == size
 
 
-_Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
-
-
-def _fashion_mnist(root: Path) -> _Raw:
+def _fashion_mnist(root: Path) -> Raw:
     prepare_fashion_mnist(root)
     parts = []
     for train in (True, False):
@@ -205,10 +249,11 @@ def _fashion_mnist(root: Path) -> _Raw:
     counts = torch.bincount(ytr, minlength=10).tolist(), torch.bincount(yte, minlength=10).tolist()
     if len(xtr) != 60000 or len(xte) != 10000 or counts != ([6000] * 10, [1000] * 10):
         raise FileNotFoundError(f"Fashion-MNIST in {root} is incomplete or corrupt; delete it and run again.")
-    return xtr, ytr, xte, yte, classes
+    stats = _STATS["fashion-mnist"]
+    return normalise(xtr, *stats), ytr, normalise(xte, *stats), yte, classes
 
 
-def _cifar10(root: Path) -> _Raw:
+def _cifar10(root: Path) -> Raw:
     parts = []
     for train in (True, False):
         try:
@@ -225,7 +270,12 @@ def _cifar10(root: Path) -> _Raw:
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         parts.append((x, torch.tensor(ds.targets, dtype=torch.long), ds.classes))
     (xtr, ytr, classes), (xte, yte, _) = parts
-    return xtr, ytr, xte, yte, classes
+    stats = _STATS["cifar10"]
+    return normalise(xtr, *stats), ytr, normalise(xte, *stats), yte, classes
+
+
+register("fashion-mnist", _fashion_mnist)
+register("cifar10", _cifar10, augment=True)
 
 
 class _fail_fast:
@@ -239,6 +289,21 @@ class _fail_fast:
         socket.setdefaulttimeout(self._old)
 
 
+def register_partitioner(name: str, partitioner: Partitioner) -> None:
+    """Make a partition scheme available by name to :func:`partition` and ``RunConfig.partition``.
+
+    ``partitioner(labels, n_clients, rng, ...)`` returns one array of sample indices per client (each sample
+    at most once); ``rng`` is a seeded ``numpy.random.Generator``, and of :data:`PARTITION_OPTIONS`
+    (``alpha``, ``shards_per_client``, ``min_size``, ``max_share``: RunConfig fields) it is passed those its
+    signature names. Registering a name again replaces it.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A partition scheme needs a non-empty name; got {name!r}.")
+    if not callable(partitioner):
+        raise TypeError(f"register_partitioner({name!r}, ...) needs a callable(labels, n_clients, rng, ...).")
+    SCHEMES[name] = partitioner
+
+
 def partition(
     labels: torch.Tensor | np.ndarray,
     n_clients: int,
@@ -247,18 +312,22 @@ def partition(
     shards_per_client: int = 2,
     seed: int = 0,
     min_size: int = 1,
+    max_share: float | None = None,
 ) -> list[np.ndarray]:
     """Split sample indices across clients; each sample goes to at most one client.
 
     Args:
         labels: label of every sample.
         n_clients: number of clients.
-        scheme: ``iid`` (uniform random), ``dirichlet`` (per-class client proportions drawn from
-            Dirichlet(``alpha``); small alpha = very skewed) or ``shards`` (sorted by label, cut into
-            ``n_clients * shards_per_client`` shards, ``shards_per_client`` per client).
+        scheme: a registered scheme: ``iid`` (uniform random), ``dirichlet`` (per-class client proportions
+            drawn from Dirichlet(``alpha``); small alpha = very skewed), ``shards`` (sorted by label, cut into
+            ``n_clients * shards_per_client`` shards, ``shards_per_client`` per client) or one of
+            :func:`register_partitioner`.
         alpha: Dirichlet concentration (> 0), required for ``dirichlet``.
         seed: the same seed gives the same partition.
         min_size: every client gets at least this many samples (Dirichlet re-draws until so).
+        max_share: Dirichlet's balance cap: a client holding this fraction of all samples already gets
+            none of the classes still to deal (None: no cap).
     """
     labels = np.asarray(labels)
     n = len(labels)
@@ -270,23 +339,54 @@ def partition(
             f"(min_size={min_size}); got {n_clients}."
         )
     rng = np.random.default_rng(seed)
-    if scheme == "iid":
-        return [np.sort(p) for p in np.array_split(rng.permutation(n), n_clients)]
-    if scheme == "shards":
-        n_shards = n_clients * shards_per_client
-        if shards_per_client < 1 or n_shards > n:
-            raise ValueError(f"shards_per_client must be >= 1 and n_clients * it <= {n}; got {shards_per_client}.")
-        shards = np.array_split(np.argsort(labels, kind="stable"), n_shards)
-        order = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
-        return [np.sort(np.concatenate([shards[s] for s in row])) for row in order]
+    fn = SCHEMES[scheme]
+    options = {"alpha": alpha, "shards_per_client": shards_per_client, "min_size": min_size, "max_share": max_share}
+    named = inspect.signature(fn).parameters
+    parts = [np.asarray(p) for p in fn(labels, n_clients, rng, **{k: v for k, v in options.items() if k in named})]
+    every = np.concatenate(parts) if parts else np.array([], dtype=np.int64)
+    if len(parts) != n_clients or (every.size and (every.dtype.kind not in "iu" or every.min() < 0 or every.max() >= n)):
+        raise ValueError(f"Partitioner {scheme!r} must return {n_clients} arrays of sample indices in 0..{n - 1}.")
+    if len(np.unique(every)) != len(every):
+        raise ValueError(f"Partitioner {scheme!r} gave some sample to more than one client.")
+    if min(len(p) for p in parts) < min_size:
+        raise ValueError(f"Partitioner {scheme!r} gave a client fewer than min_size={min_size} samples.")
+    return [np.sort(p.astype(np.int64)) for p in parts]
+
+
+def _iid(labels: np.ndarray, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), n_clients)]
+
+
+def _shards(labels: np.ndarray, n_clients: int, rng: np.random.Generator, shards_per_client: int) -> list[np.ndarray]:
+    n_shards = n_clients * shards_per_client
+    if shards_per_client < 1 or n_shards > len(labels):
+        raise ValueError(f"shards_per_client must be >= 1 and n_clients * it <= {len(labels)}; got {shards_per_client}.")
+    shards = np.array_split(np.argsort(labels, kind="stable"), n_shards)
+    order = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
+    return [np.sort(np.concatenate([shards[s] for s in row])) for row in order]
+
+
+def _dirichlet(
+    labels: np.ndarray, n_clients: int, rng: np.random.Generator, alpha: float | None, min_size: int,
+    max_share: float | None,
+) -> list[np.ndarray]:  # fmt: skip
+    """Per class, client proportions from Dirichlet(alpha), re-drawn until every client has ``min_size``
+    samples. With ``max_share`` (NIID-Bench's and flwr-datasets' ``self_balancing`` is ``1 / n_clients``), a
+    client already holding that fraction of the samples gets no share of the classes still to deal."""
     if alpha is None or not alpha > 0:
         raise ValueError(f"The dirichlet scheme needs alpha > 0 (e.g. 0.5, or 0.1 for strong skew); got {alpha}.")
+    if max_share is not None and not 1 / n_clients <= max_share <= 1:
+        raise ValueError(f"max_share must be in [1/n_clients, 1] = [{1 / n_clients:.3g}, 1] or None; got {max_share}.")
     classes = np.unique(labels)
     for _ in range(1000):
         parts: list[list[int]] = [[] for _ in range(n_clients)]
         for c in classes:
             idx = rng.permutation(np.flatnonzero(labels == c))
-            cuts = (np.cumsum(rng.dirichlet(np.full(n_clients, alpha))) * len(idx)).astype(int)[:-1]
+            p = rng.dirichlet(np.full(n_clients, alpha))
+            if max_share is not None:  # clients at the cap take no more; the others share this class
+                open_ = np.array([len(part) < max_share * len(labels) for part in parts])
+                p = p * open_ / (p * open_).sum()
+            cuts = (np.cumsum(p) * len(idx)).astype(int)[:-1]
             for k, chunk in enumerate(np.split(idx, cuts)):
                 parts[k].extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
@@ -295,6 +395,11 @@ def partition(
         f"Could not draw a Dirichlet(alpha={alpha}) partition with >= {min_size} samples per client in 1000 tries; "
         "use fewer clients, a larger alpha or a smaller min_size."
     )
+
+
+register_partitioner("iid", _iid)
+register_partitioner("dirichlet", _dirichlet)
+register_partitioner("shards", _shards)
 
 
 def label_histogram(labels: torch.Tensor | np.ndarray, parts: Sequence[np.ndarray], num_classes: int) -> pd.DataFrame:
