@@ -83,8 +83,10 @@ def _value_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
         (c.weight_decay >= 0, f"weight_decay must be >= 0; got {c.weight_decay}"),
         (c.shards_per_client >= 1, f"shards_per_client must be >= 1; got {c.shards_per_client}"),
         (c.min_size >= 1, f"min_size must be >= 1; got {c.min_size}"),
-        (c.max_share is None or 1 / max(c.n_clients, 1) <= c.max_share <= 1,
-         f"max_share must be in [1/n_clients, 1] or None; got {c.max_share}"),
+        (
+            c.max_share is None or 1 / max(c.n_clients, 1) <= c.max_share <= 1,
+            f"max_share must be in [1/n_clients, 1] or None; got {c.max_share}",
+        ),
         (c.rounds >= 1, f"rounds must be >= 1; got {c.rounds}"),
         (c.n_clients >= 1, f"n_clients must be >= 1; got {c.n_clients}"),
         (c.local_epochs >= 1, f"local_epochs must be >= 1; got {c.local_epochs}"),

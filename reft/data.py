@@ -15,11 +15,11 @@ Where the data come from, in order: ``root`` (or the ``REFT_DATA`` environment v
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 import shutil
 import socket
 import sys
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -146,7 +146,7 @@ def register(name: str, loader: Loader, augment: bool = False) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"A dataset needs a non-empty name; got {name!r}.")
     if not callable(loader):
-        raise TypeError(f"register({name!r}, ...) needs a callable loader(root) returning (x, y, x_test, y_test, classes).")
+        raise TypeError(f"register({name!r}, ...) needs a callable loader(root) -> (x, y, x_test, y_test, classes).")
     DATASETS[name], AUGMENT_BY_DEFAULT[name] = loader, bool(augment)
 
 
@@ -169,7 +169,7 @@ def _check_raw(name: str, raw: object) -> Raw:
         if len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(classes):
             raise ValueError(f"Dataset {name!r}: {what} labels must lie in 0..{len(classes) - 1} (one per class).")
     if xtr.shape[1:] != xte.shape[1:]:
-        raise ValueError(f"Dataset {name!r}: train images {tuple(xtr.shape[1:])} and test {tuple(xte.shape[1:])} differ.")
+        raise ValueError(f"Dataset {name!r}: train and test images differ in shape: {xtr.shape[1:]}, {xte.shape[1:]}.")
     return raw
 
 
@@ -344,7 +344,8 @@ def partition(
     named = inspect.signature(fn).parameters
     parts = [np.asarray(p) for p in fn(labels, n_clients, rng, **{k: v for k, v in options.items() if k in named})]
     every = np.concatenate(parts) if parts else np.array([], dtype=np.int64)
-    if len(parts) != n_clients or (every.size and (every.dtype.kind not in "iu" or every.min() < 0 or every.max() >= n)):
+    bad = every.size and (every.dtype.kind not in "iu" or every.min() < 0 or every.max() >= n)
+    if len(parts) != n_clients or bad:
         raise ValueError(f"Partitioner {scheme!r} must return {n_clients} arrays of sample indices in 0..{n - 1}.")
     if len(np.unique(every)) != len(every):
         raise ValueError(f"Partitioner {scheme!r} gave some sample to more than one client.")
@@ -360,7 +361,7 @@ def _iid(labels: np.ndarray, n_clients: int, rng: np.random.Generator) -> list[n
 def _shards(labels: np.ndarray, n_clients: int, rng: np.random.Generator, shards_per_client: int) -> list[np.ndarray]:
     n_shards = n_clients * shards_per_client
     if shards_per_client < 1 or n_shards > len(labels):
-        raise ValueError(f"shards_per_client must be >= 1 and n_clients * it <= {len(labels)}; got {shards_per_client}.")
+        raise ValueError(f"shards_per_client must be >= 1, n_clients * it <= {len(labels)}; got {shards_per_client}.")
     shards = np.array_split(np.argsort(labels, kind="stable"), n_shards)
     order = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
     return [np.sort(np.concatenate([shards[s] for s in row])) for row in order]

@@ -122,7 +122,7 @@ def run(
     warn_amp(cfg, fed.device)
     strategy = strategy or strategies.create(cfg.algorithm)
     if strategy.uses_public and len(splits.public) == 0:
-        raise ValueError(f"{strategy.name} uses the public set, which public_size=0 leaves empty; use public_size >= 1.")
+        raise ValueError(f"{strategy.name} uses the public set, which public_size=0 leaves empty; give it >= 1.")
     ledger = comm.Ledger()
     max_up = max_upload_bytes(fed)
     saving = bool(cfg.save_as) and cfg.checkpoint_every > 0

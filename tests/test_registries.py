@@ -59,7 +59,10 @@ class Tiny(models.ReftModel):
     def __init__(self, num_classes: int, in_channels: int, widths: Sequence[int]) -> None:
         super().__init__(num_classes, in_channels)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.BatchNorm2d(widths[0]), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+            nn.Conv2d(in_channels, widths[0], 3, padding=1),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
         )
         self.classifier = nn.Linear(widths[0], num_classes)
 
