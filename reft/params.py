@@ -3,7 +3,8 @@
 ::
 
     from reft import params
-    params.check(globals(), ranges={"central_epochs": "[1, inf)"}, choices={"model": models.MODEL_NAMES})
+    params.check(globals(), config="reft.config:RunConfig", ranges={"central_epochs": "[1, inf)"},
+                 choices={"model": "reft.models:MODEL_NAMES"})
 
 Papermill injects the values it is given (``-p name value``, a profile) as a cell of its own right after the
 ``parameters`` cell; a misspelled name there becomes a global the notebook never reads, and a value of the
@@ -13,7 +14,8 @@ every problem before any work is done:
 
 * an injected name the ``parameters`` cell does not declare (with the closest declared name);
 * an injected value whose type differs from its default's (an int where the default is a float is fine;
-  None where the default is None or the parameter's comment mentions None; ``types`` overrides);
+  None where the default is None, the parameter's comment mentions None or ``config`` makes the field
+  optional; ``types`` overrides);
 * a value outside its range (``ranges``: interval notation, e.g. ``"[1, inf)"``, ``"(0, 1]"``) or not
   among its choices (``choices``, with the closest valid one); for a list, every element is checked;
 * a parameter named like a field of ``config`` (e.g. :class:`reft.config.RunConfig`: ``rounds``, ``model``,
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import io
 import math
 import numbers
@@ -155,13 +158,18 @@ def problems(
     choices: Mapping[str, Collection[Any]] | None = None,
     config: Callable[..., Any] | None = None,
     aliases: Mapping[str, str] | None = None,
+    none_ok: Collection[str] | None = (),
 ) -> list[str]:
-    """Every problem with the parameters (see the module docstring); ``[]`` when there is none."""
+    """Every problem with the parameters (see the module docstring); ``[]`` when there is none. ``none_ok``:
+    parameters that may be None whatever their default (None: all of them); those ``config`` makes optional
+    are added."""
     decl = declared(params_source) if params_source else {}
+    if config is not None and none_ok is not None:
+        optional = {f.name for f in fields(config) if "None" in str(f.type)}  # type: ignore[arg-type]
+        none_ok = {*none_ok, *(n for n in decl if (aliases or {}).get(n, n) in optional)}
     errors = []
-    if config is not None:
-        errors += _config_errors(namespace, decl, config, aliases or {})
     injected = list(declared(injected_source)) if injected_source else []
+    mistyped: set[str] = set()  # their ranges and choices are not checked: one message per mistake
     for name in injected:
         if decl and name not in decl:
             errors.append(f"unknown parameter {name!r}{closest(name, decl)}; this notebook's parameters: "
@@ -170,16 +178,21 @@ def problems(
         d = decl.get(name)
         if d is None or d.default is ...:
             continue
+        if namespace.get(name) is None and none_ok is None:
+            continue  # decided once the config's optional fields are known
         kinds = set(types[name]) if types and name in types else {_kind(d.default)}
-        if d.default is None or "None" in d.comment:
+        if d.default is None or "None" in d.comment or name in (none_ok or ()):
             kinds.add("None")
         if d.default is not None and not _accepts(kinds, namespace.get(name)):
             value = namespace.get(name)
             want = " or ".join(sorted(kinds))
             errors.append(f"parameter {name} must be {want} (default {d.default!r}); got {value!r} ({_kind(value)})")
+            mistyped.add(name)
+    if config is not None:
+        errors += _config_errors({k: v for k, v in namespace.items() if k not in mistyped}, decl, config, aliases or {})
     for name, interval in (ranges or {}).items():
         value = namespace.get(name)
-        if value is None:
+        if value is None or name in mistyped:
             continue
         for v in _elements(value):
             if (why := _range_error(name, v, interval)) is not None:
@@ -187,7 +200,7 @@ def problems(
                 break
     for name, valid in (choices or {}).items():
         value = namespace.get(name)
-        if value is None:
+        if value is None or name in mistyped:
             continue
         for v in _elements(value):
             if not isinstance(v, str | numbers.Number) or v not in valid:
@@ -234,10 +247,27 @@ def check(
     ``"list"``, ``"dict"``, ``"None"``), e.g. ``{"partition": ["float", "str"]}`` for a Dirichlet alpha or
     ``"iid"``. ``ranges``: name -> interval. ``choices``: name -> the valid values. ``config``: a validating
     dataclass (:class:`reft.config.RunConfig`) that checks the parameters named like its fields, or like the
-    field ``aliases`` gives for a name (e.g. ``{"tiers_file": "tiers_path"}``).
+    field ``aliases`` gives for a name (e.g. ``{"tiers_file": "tiers_path"}``). ``choices`` and ``config`` may be
+    ``"module:attribute"`` references (``"reft.config:RunConfig"``), imported only after the names and types
+    passed, so that a misspelled name fails before the package's heavy imports.
     """
     history = namespace.get("In") or namespace.get("_ih") or []
     params_source, injected_source = cells(list(history)) if history else (None, None)
-    errors = problems(namespace, params_source, injected_source, types, ranges, choices, config, aliases)
+    # names and types first, before the references are imported (torch takes seconds): fail fast
+    errors = problems(namespace, params_source, injected_source, types, none_ok=None)
+    if not errors:
+        choices = {k: resolve(v) for k, v in (choices or {}).items()}
+        config = resolve(config) if config is not None else None
+        errors = problems(namespace, params_source, injected_source, types, ranges, choices, config, aliases)
     if errors:
         raise ParameterError("Bad notebook parameters: " + "; ".join(errors) + ".")
+
+
+def resolve(ref: Any) -> Any:
+    """``"module:attribute"`` imported (e.g. ``"reft.models:MODEL_NAMES"``); anything else as it is."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    if not attr:
+        raise ValueError(f"A reference must read 'module:attribute'; got {ref!r}.")
+    return getattr(importlib.import_module(module), attr)
