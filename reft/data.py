@@ -412,8 +412,12 @@ def label_histogram(labels: torch.Tensor | np.ndarray, parts: Sequence[np.ndarra
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m reft.data [NAME ...]``: prepare (unpack or download) datasets and print their split."""
-    names = list(argv if argv is not None else sys.argv[1:]) or ["fashion-mnist"]
-    for name in names:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m reft.data", description=main.__doc__.split(": ", 1)[1])
+    ap.add_argument("names", nargs="*", default=["fashion-mnist"], metavar="NAME",
+                    help=f"datasets to prepare ({', '.join(DATASETS)}; default: fashion-mnist)")  # fmt: skip
+    for name in ap.parse_args(argv).names:
         try:
             splits = load(name)
         except (ValueError, FileNotFoundError) as e:

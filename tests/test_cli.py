@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from reft import cli
 from reft.config import RunConfig
@@ -52,3 +53,18 @@ def test_a_two_round_run_from_the_shell(tmp_path: Path) -> None:
     history = pd.read_csv(tmp_path / "results" / "interactive" / "shell.csv")
     clients = pd.read_csv(tmp_path / "results" / "interactive" / "shell_clients.csv")
     assert history["round"].tolist() == [1, 2] and len(clients) == 2
+
+
+@pytest.mark.parametrize(
+    "module,main",
+    [("reft", "reft.cli:main"), ("reft.data", "reft.data:main"), ("reft.reproduce", "reft.reproduce:main"),
+     ("reft.bench", "reft.bench.profiler:main"), ("reft.flower", "reft.flower.launch:main")],
+)  # fmt: skip
+def test_every_entry_point_has_help(module: str, main: str, capsys: pytest.CaptureFixture) -> None:
+    """``python -m <module> --help`` prints a usage line and exits 0 (called in-process: no torch start-up)."""
+    from reft import params
+
+    with pytest.raises(SystemExit) as done:
+        params.resolve(main)(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m {module}")
