@@ -43,12 +43,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from reft import bench, checkpoint, comm, costs, data, report, strategies, train
 from reft import tiers as tiers_mod
 from reft.config import RunConfig
 from reft.federation import Federation
+from reft.progress import tqdm
 from reft.strategies import Strategy
 
 # History columns that hold wall-clock measurements (differ run to run; everything else is seeded).
