@@ -10,6 +10,16 @@
 Where the data come from, in order: ``root`` (or the ``REFT_DATA`` environment variable, default
 ``~/.cache/reft``); for Fashion-MNIST the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``), unpacked into ``root``; then torchvision's download.
+
+Datasets (:func:`register`) and partition schemes (:func:`register_partitioner`) are open registries.
+The partitioners are our own, not flwr-datasets' (the ones Flower's baselines use): those partition a
+Hugging Face ``datasets.Dataset``, and flwr-datasets 0.6.1 pulls ``datasets``, ``pyarrow``,
+``huggingface_hub``, ``hf-xet``, ``aiohttp``, ``multiprocess``, ``dill``, ``xxhash`` and more into an
+offline, tensor-only package (``pip install --dry-run flwr-datasets``), and the existing partitions (and
+so every committed number) would change. Their options are here under the RunConfig names:
+``min_partition_size`` is ``min_size``, ``self_balancing`` is ``max_share=1/n_clients``, ``ShardPartitioner``'s
+shards per partition is ``shards_per_client``. One can still register a flwr-datasets partitioner through a
+three-line adapter (labels into ``Dataset.from_dict``, the partitions' indices out).
 """
 
 from __future__ import annotations
