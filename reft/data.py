@@ -18,8 +18,7 @@ Hugging Face ``datasets.Dataset``, and flwr-datasets 0.6.1 pulls ``datasets``, `
 offline, tensor-only package (``pip install --dry-run flwr-datasets``), and the existing partitions (and
 so every committed number) would change. Their options are here under the RunConfig names:
 ``min_partition_size`` is ``min_size``, ``self_balancing`` is ``max_share=1/n_clients``, ``ShardPartitioner``'s
-shards per partition is ``shards_per_client``. One can still register a flwr-datasets partitioner through a
-three-line adapter (labels into ``Dataset.from_dict``, the partitions' indices out).
+shards per partition is ``shards_per_client``.
 """
 
 from __future__ import annotations
