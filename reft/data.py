@@ -11,20 +11,13 @@ Where the data come from, in order: ``root`` (or the ``REFT_DATA`` environment v
 ``~/.cache/reft``); for Fashion-MNIST the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``), unpacked into ``root``; then torchvision's download.
 
-Datasets (:func:`register`) and partition schemes (:func:`register_partitioner`) are open registries.
-The partitioners are our own, not flwr-datasets' (the ones Flower's baselines use): those partition a
-Hugging Face ``datasets.Dataset``, and flwr-datasets 0.6.1 pulls ``datasets``, ``pyarrow``,
-``huggingface_hub``, ``hf-xet``, ``aiohttp``, ``multiprocess``, ``dill``, ``xxhash`` and more into an
-offline, tensor-only package (``pip install --dry-run flwr-datasets``), and the existing partitions (and
-so every committed number) would change. Their options are here under the RunConfig names:
-``min_partition_size`` is ``min_size``, ``self_balancing`` is ``max_share=1/n_clients``, ``ShardPartitioner``'s
-shards per partition is ``shards_per_client``.
+Datasets are an open registry (:func:`register`); the partitioners live in :mod:`reft.partition`
+(re-exported here).
 """
 
 from __future__ import annotations
 
 import gzip
-import inspect
 import os
 import shutil
 import socket
@@ -38,6 +31,15 @@ import pandas as pd
 import torch
 import torchvision
 
+from reft.partition import (  # noqa: F401  (part of this module's interface)
+    PARTITION_OPTIONS,
+    SCHEMES,
+    Partitioner,
+    label_histogram,
+    partition,
+    register_partitioner,
+)  # fmt: skip
+
 # A loader: data root -> (train images, train labels, test images, test labels, class names); images are
 # float32 N x C x H x W as the models will see them (normalised as the loader chooses), labels int64.
 Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Sequence[str]]
@@ -47,11 +49,6 @@ DATASETS: dict[str, Loader] = {}
 # Whether local training augments (random crop and flip) when RunConfig.augment is None: the published
 # CIFAR recipes do; Fashion-MNIST is usually trained without (and small images gain little from crops).
 AUGMENT_BY_DEFAULT: dict[str, bool] = {}
-# A partitioner: (labels, n_clients, rng, **the options of PARTITION_OPTIONS it names) -> one index array per
-# client. Every partition scheme :func:`partition` (and RunConfig.partition) knows, by name.
-Partitioner = Callable[..., Sequence[np.ndarray]]
-SCHEMES: dict[str, Partitioner] = {}
-PARTITION_OPTIONS = ("alpha", "shards_per_client", "min_size", "max_share")
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 # Unpacked IDX sizes (bytes): verified instead of the gz MD5s, which Debian's repacking changed.
@@ -296,127 +293,6 @@ class _fail_fast:
 
     def __exit__(self, *exc: object) -> None:
         socket.setdefaulttimeout(self._old)
-
-
-def register_partitioner(name: str, partitioner: Partitioner) -> None:
-    """Make a partition scheme available by name to :func:`partition` and ``RunConfig.partition``.
-
-    ``partitioner(labels, n_clients, rng, ...)`` returns one array of sample indices per client (each sample
-    at most once); ``rng`` is a seeded ``numpy.random.Generator``, and of :data:`PARTITION_OPTIONS`
-    (``alpha``, ``shards_per_client``, ``min_size``, ``max_share``: RunConfig fields) it is passed those its
-    signature names. Registering a name again replaces it.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"A partition scheme needs a non-empty name; got {name!r}.")
-    if not callable(partitioner):
-        raise TypeError(f"register_partitioner({name!r}, ...) needs a callable(labels, n_clients, rng, ...).")
-    SCHEMES[name] = partitioner
-
-
-def partition(
-    labels: torch.Tensor | np.ndarray,
-    n_clients: int,
-    scheme: str = "iid",
-    alpha: float | None = None,
-    shards_per_client: int = 2,
-    seed: int = 0,
-    min_size: int = 1,
-    max_share: float | None = None,
-) -> list[np.ndarray]:
-    """Split sample indices across clients; each sample goes to at most one client.
-
-    Args:
-        labels: label of every sample.
-        n_clients: number of clients.
-        scheme: a registered scheme: ``iid`` (uniform random), ``dirichlet`` (per-class client proportions
-            drawn from Dirichlet(``alpha``); small alpha = very skewed), ``shards`` (sorted by label, cut into
-            ``n_clients * shards_per_client`` shards, ``shards_per_client`` per client) or one of
-            :func:`register_partitioner`.
-        alpha: Dirichlet concentration (> 0), required for ``dirichlet``.
-        seed: the same seed gives the same partition.
-        min_size: every client gets at least this many samples (Dirichlet re-draws until so).
-        max_share: Dirichlet's balance cap: a client holding this fraction of all samples already gets
-            none of the classes still to deal (None: no cap).
-    """
-    labels = np.asarray(labels)
-    n = len(labels)
-    if scheme not in SCHEMES:
-        raise ValueError(f"Unknown partition scheme {scheme!r}. Valid schemes: {', '.join(SCHEMES)}.")
-    if not 1 <= n_clients <= n // max(min_size, 1):
-        raise ValueError(
-            f"n_clients must be between 1 and {n // max(min_size, 1)} for {n} samples "
-            f"(min_size={min_size}); got {n_clients}."
-        )
-    rng = np.random.default_rng(seed)
-    fn = SCHEMES[scheme]
-    options = {"alpha": alpha, "shards_per_client": shards_per_client, "min_size": min_size, "max_share": max_share}
-    named = inspect.signature(fn).parameters
-    parts = [np.asarray(p) for p in fn(labels, n_clients, rng, **{k: v for k, v in options.items() if k in named})]
-    every = np.concatenate(parts) if parts else np.array([], dtype=np.int64)
-    bad = every.size and (every.dtype.kind not in "iu" or every.min() < 0 or every.max() >= n)
-    if len(parts) != n_clients or bad:
-        raise ValueError(f"Partitioner {scheme!r} must return {n_clients} arrays of sample indices in 0..{n - 1}.")
-    if len(np.unique(every)) != len(every):
-        raise ValueError(f"Partitioner {scheme!r} gave some sample to more than one client.")
-    if min(len(p) for p in parts) < min_size:
-        raise ValueError(f"Partitioner {scheme!r} gave a client fewer than min_size={min_size} samples.")
-    return [np.sort(p.astype(np.int64)) for p in parts]
-
-
-def _iid(labels: np.ndarray, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
-    return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), n_clients)]
-
-
-def _shards(labels: np.ndarray, n_clients: int, rng: np.random.Generator, shards_per_client: int) -> list[np.ndarray]:
-    n_shards = n_clients * shards_per_client
-    if shards_per_client < 1 or n_shards > len(labels):
-        raise ValueError(f"shards_per_client must be >= 1, n_clients * it <= {len(labels)}; got {shards_per_client}.")
-    shards = np.array_split(np.argsort(labels, kind="stable"), n_shards)
-    order = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
-    return [np.sort(np.concatenate([shards[s] for s in row])) for row in order]
-
-
-def _dirichlet(
-    labels: np.ndarray, n_clients: int, rng: np.random.Generator, alpha: float | None, min_size: int,
-    max_share: float | None,
-) -> list[np.ndarray]:  # fmt: skip
-    """Per class, client proportions from Dirichlet(alpha), re-drawn until every client has ``min_size``
-    samples. With ``max_share`` (NIID-Bench's and flwr-datasets' ``self_balancing`` is ``1 / n_clients``), a
-    client already holding that fraction of the samples gets no share of the classes still to deal."""
-    if alpha is None or not alpha > 0:
-        raise ValueError(f"The dirichlet scheme needs alpha > 0 (e.g. 0.5, or 0.1 for strong skew); got {alpha}.")
-    if max_share is not None and not 1 / n_clients <= max_share <= 1:
-        raise ValueError(f"max_share must be in [1/n_clients, 1] = [{1 / n_clients:.3g}, 1] or None; got {max_share}.")
-    classes = np.unique(labels)
-    for _ in range(1000):
-        parts: list[list[int]] = [[] for _ in range(n_clients)]
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            p = rng.dirichlet(np.full(n_clients, alpha))
-            if max_share is not None:  # clients at the cap take no more; the others share this class
-                open_ = np.array([len(part) < max_share * len(labels) for part in parts])
-                p = p * open_ / (p * open_).sum()
-            cuts = (np.cumsum(p) * len(idx)).astype(int)[:-1]
-            for k, chunk in enumerate(np.split(idx, cuts)):
-                parts[k].extend(chunk.tolist())
-        if min(len(p) for p in parts) >= min_size:
-            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
-    raise ValueError(
-        f"Could not draw a Dirichlet(alpha={alpha}) partition with >= {min_size} samples per client in 1000 tries; "
-        "use fewer clients, a larger alpha or a smaller min_size."
-    )
-
-
-register_partitioner("iid", _iid)
-register_partitioner("dirichlet", _dirichlet)
-register_partitioner("shards", _shards)
-
-
-def label_histogram(labels: torch.Tensor | np.ndarray, parts: Sequence[np.ndarray], num_classes: int) -> pd.DataFrame:
-    """Samples per class (columns) for each client (rows)."""
-    labels = np.asarray(labels)
-    counts = [np.bincount(labels[p], minlength=num_classes) for p in parts]
-    return pd.DataFrame(counts, index=pd.Index(range(len(parts)), name="client"), columns=range(num_classes))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
