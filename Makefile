@@ -4,6 +4,8 @@
 # Other targets: make setup | data | browser | lint | lab | clean
 
 PROFILE ?= fmnist
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -52,8 +54,11 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check reft tests notebooks scripts
 	$(VENV)/bin/ruff format --check reft tests notebooks scripts
 
+# JupyterLab on notebooks/, headless (no browser; it prints the URL with its token), as root too.
+# On a remote machine: make lab LAB_IP=0.0.0.0 (or keep 127.0.0.1 and tunnel: ssh -L 8888:localhost:8888 host).
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab notebooks --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 clean:
 	rm -rf results/smoke figures/smoke results/interactive figures/interactive .pytest_cache

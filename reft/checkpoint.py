@@ -61,7 +61,10 @@ def directory(cfg: RunConfig) -> Path:
 
 
 # Fields added later, left out while at their default, so a checkpoint written before they existed still fits.
-AT_DEFAULT_NOT_FINGERPRINTED = {"codec_up": "fp32", "codec_down": "fp32"}
+AT_DEFAULT_NOT_FINGERPRINTED = {
+    "codec_up": "fp32", "codec_down": "fp32", "momentum": 0.9, "weight_decay": 5e-4, "shards_per_client": 2,
+    "min_size": 1, "max_share": None,
+}  # fmt: skip
 
 
 def config_fields(cfg: RunConfig) -> dict[str, Any]:

@@ -2,12 +2,16 @@
 
 A config is checked as a whole when it is made (all problems reported at once, as one ``ValueError``);
 the data-dependent checks (enough private samples for the clients, a non-empty public set) happen
-when :func:`reft.engine.run` loads the data. Algorithms are validated against the registry of
-:mod:`reft.strategies`, so a strategy registered from outside the package is accepted by name.
+when :func:`reft.engine.run` loads the data. Algorithms, models, datasets and partition schemes are
+validated against their registries (:mod:`reft.strategies`, :func:`reft.models.register`,
+:func:`reft.data.register`, :func:`reft.data.register_partitioner`), so one registered from outside the
+package is accepted by name. An unknown keyword names the closest field.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import math
 import numbers
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -16,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from reft import codecs, data, distill, models, pruning, strategies, train
+from reft import tiers as tiers_mod
 
 POLICIES = ("proportional", "deadline")
 WEIGHTINGS = ("uniform", "samples")
@@ -72,7 +77,16 @@ def _value_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
             errors.append(f"unknown {direction} {getattr(c, direction)!r}; valid codecs: {', '.join(codecs.CODECS)}")
     if c.weighting is not None and c.weighting not in WEIGHTINGS:
         errors.append(f"unknown weighting {c.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+    errors += _tier_errors(c, bad)
     checks = [
+        (c.momentum >= 0 and c.momentum < 1, f"momentum must be in [0, 1); got {c.momentum}"),
+        (c.weight_decay >= 0, f"weight_decay must be >= 0; got {c.weight_decay}"),
+        (c.shards_per_client >= 1, f"shards_per_client must be >= 1; got {c.shards_per_client}"),
+        (c.min_size >= 1, f"min_size must be >= 1; got {c.min_size}"),
+        (
+            c.max_share is None or 1 / max(c.n_clients, 1) <= c.max_share <= 1,
+            f"max_share must be in [1/n_clients, 1] or None; got {c.max_share}",
+        ),
         (c.rounds >= 1, f"rounds must be >= 1; got {c.rounds}"),
         (c.n_clients >= 1, f"n_clients must be >= 1; got {c.n_clients}"),
         (c.local_epochs >= 1, f"local_epochs must be >= 1; got {c.local_epochs}"),
@@ -93,17 +107,47 @@ def _value_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
         (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = no checkpoints); got {c.checkpoint_every}"),
     ]
     errors += [msg for ok, msg in checks if not ok]
+    if c.public_size == 0 and "algorithm" not in bad and c.algorithm in strategies.ALGORITHMS:
+        if strategies.create(c.algorithm).uses_public:
+            without = [a for a in strategies.ALGORITHMS if not strategies.create(a).uses_public]
+            errors.append(f"public_size=0 leaves no public set, but {c.algorithm} uses one; give public_size >= 1 "
+                          f"or None (algorithms that need none: {', '.join(without)})")  # fmt: skip
     for part in ("private_size", "public_size", "test_size"):
         n = getattr(c, part)
-        if n is not None and n < 1:
-            hint = " (distillation needs an unlabelled public set)" if part == "public_size" else ""
-            errors.append(f"{part} must be >= 1 or None for the whole part{hint}; got {n}")
+        low = 0 if part == "public_size" else 1  # 0: no public set (for an algorithm that uses none)
+        if n is not None and n < low:
+            errors.append(f"{part} must be >= {low} or None for the whole part; got {n}")
     if c.widths is not None and "model" not in bad and c.model in models.MODEL_NAMES:
         dense = models.default_widths(c.model)  # reft.comm accepts no model wider than this
         if len(c.widths) != len(dense) or not all(1 <= w <= d for w, d in zip(c.widths, dense, strict=False)):
             errors.append(f"widths must be {len(dense)} ints, each in 1..{c.model}'s dense width {dense}; "
                           f"got {list(c.widths)}")  # fmt: skip
     return errors
+
+
+def _tier_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
+    """Problems with the tier table (``tiers_path``), ``tier_mix`` and ``server_tier``."""
+    if "tiers_path" in bad:
+        return []
+    try:
+        table = tiers_mod.load_tiers(c.tiers_path)
+    except (FileNotFoundError, ValueError) as e:
+        return [f"tiers_path: {str(e).rstrip('.')}"]
+    errors = []
+    if c.tier_mix is not None and "tier_mix" not in bad:
+        try:
+            tiers_mod.assign(c.n_clients if "n_clients" not in bad and c.n_clients >= 1 else 1, c.tier_mix, table)
+        except ValueError as e:
+            errors.append(f"tier_mix: {str(e).rstrip('.')}")
+    if c.server_tier is not None and "server_tier" not in bad and c.server_tier not in table.index:
+        errors.append(f"unknown server_tier {c.server_tier!r}; valid tiers: {', '.join(map(str, table.index))}")
+    return errors
+
+
+def closest(name: str, valid: Collection[str]) -> str:
+    """`` (did you mean 'x'?)`` for the valid name closest to ``name``, or ``""`` when none is close."""
+    match = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 @dataclass
@@ -113,12 +157,15 @@ class RunConfig:
     algorithm: str = "reft"
     # data
     dataset: str = "fashion-mnist"
-    private_size: int | None = None  # subsample sizes; None keeps the whole part
+    private_size: int | None = None  # subsample sizes; None keeps the whole part (public_size=0: no public set)
     public_size: int | None = None
     test_size: int | None = None
     n_clients: int = 10
-    partition: str = "iid"
+    partition: str = "iid"  # a scheme of reft.data.SCHEMES: iid, dirichlet, shards or a registered one
     alpha: float | None = None
+    shards_per_client: int = 2  # the shards scheme: label-sorted shards per client
+    min_size: int = 1  # every client gets at least this many samples (dirichlet re-draws until so)
+    max_share: float | None = None  # dirichlet: a client holding this fraction of the samples gets no more classes
     # model and hardware
     model: str = "cnn"
     widths: Sequence[int] | None = None  # dense widths of the server model (None: the builder's default)
@@ -139,6 +186,8 @@ class RunConfig:
     rounds: int = 5
     local_epochs: int = 1
     lr: float = 0.05
+    momentum: float = 0.9  # the local SGD optimizer's (reft.train.fit)
+    weight_decay: float = 5e-4
     batch_size: int = 64
     dropout: float = 0.0  # fraction of clients that drop out of each round, drawn at random
     augment: bool | None = None  # random crop + flip in local training; None: by dataset (CIFAR yes, FMNIST no)
@@ -196,3 +245,20 @@ class RunConfig:
     def replace(self, **changes) -> RunConfig:
         """A validated copy with some fields changed."""
         return RunConfig(**{**asdict(self), **changes})
+
+
+_FIELDS = tuple(f.name for f in fields(RunConfig))
+_dataclass_init = RunConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self: RunConfig, *args: Any, **kwargs: Any) -> None:
+    """The dataclass's ``__init__``, but an unknown keyword is a ``ValueError`` naming the closest field."""
+    unknown = [k for k in kwargs if k not in _FIELDS]
+    if unknown:
+        raise ValueError("Invalid RunConfig: " + "; ".join(f"unknown field {k!r}{closest(k, _FIELDS)}" for k in unknown)
+                         + f". Fields: {', '.join(_FIELDS)}.")  # fmt: skip
+    _dataclass_init(self, *args, **kwargs)
+
+
+RunConfig.__init__ = _init  # type: ignore[method-assign]

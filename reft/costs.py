@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from reft import measure, models, pruning
+from reft.progress import tqdm
 
 __all__ = ["at_ratios", "speed_factor", "training_memory_gb"]
 

@@ -10,6 +10,9 @@
 Where the data come from, in order: ``root`` (or the ``REFT_DATA`` environment variable, default
 ``~/.cache/reft``); for Fashion-MNIST the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``), unpacked into ``root``; then torchvision's download.
+
+Datasets are an open registry (:func:`register`); the partitioners live in :mod:`reft.partition`
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,11 +31,24 @@ import pandas as pd
 import torch
 import torchvision
 
-DATASETS = ("fashion-mnist", "cifar10")
+from reft.partition import (  # noqa: F401  (part of this module's interface)
+    PARTITION_OPTIONS,
+    SCHEMES,
+    Partitioner,
+    label_histogram,
+    partition,
+    register_partitioner,
+)  # fmt: skip
+
+# A loader: data root -> (train images, train labels, test images, test labels, class names); images are
+# float32 N x C x H x W as the models will see them (normalised as the loader chooses), labels int64.
+Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Sequence[str]]
+Loader = Callable[[Path], Raw]
+# Every dataset :func:`load` (and RunConfig) knows, by name (:func:`register` adds one's own).
+DATASETS: dict[str, Loader] = {}
 # Whether local training augments (random crop and flip) when RunConfig.augment is None: the published
 # CIFAR recipes do; Fashion-MNIST is usually trained without (and small images gain little from crops).
-AUGMENT_BY_DEFAULT = {"fashion-mnist": False, "cifar10": True}
-SCHEMES = ("iid", "dirichlet", "shards")
+AUGMENT_BY_DEFAULT: dict[str, bool] = {}
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 # Unpacked IDX sizes (bytes): verified instead of the gz MD5s, which Debian's repacking changed.
@@ -93,14 +109,16 @@ class Splits:
     def subsample(
         self, private: int | None = None, public: int | None = None, test: int | None = None, seed: int = 0
     ) -> Splits:
-        """A smaller copy (seeded random subsets) for quick runs; ``None`` keeps a part whole."""
+        """A smaller copy (seeded random subsets) for quick runs; ``None`` keeps a part whole, 0 empties it."""
         gen = np.random.default_rng(seed)
 
         def cut(d: Data, n: int | None) -> Data:
             if n is None or n >= len(d):
                 return d
-            if n < 1:
-                raise ValueError(f"A subsample needs at least 1 sample; got {n}.")
+            if n < 0:
+                raise ValueError(f"A subsample needs at least 0 samples; got {n}.")
+            if n == 0:  # e.g. no public set for an algorithm that uses none
+                return d.take([])
             return d.take(np.sort(gen.choice(len(d), size=n, replace=False)))
 
         return replace(
@@ -123,12 +141,50 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("REFT_DATA") or Path.home() / ".cache" / "reft").expanduser()
 
 
+def register(name: str, loader: Loader, augment: bool = False) -> None:
+    """Make a dataset available by name to :func:`load` and :class:`reft.config.RunConfig`.
+
+    ``loader(root)`` returns ``(x_train, y_train, x_test, y_test, classes)``: images as float tensors
+    N x C x H x W, already normalised as the loader chooses (e.g. with :func:`normalise`), int64 labels in
+    ``0..len(classes)-1``; :func:`load` holds out the public set from the training part. ``augment``: whether
+    local training augments by default (``RunConfig.augment=None``). Registering a name again replaces it.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A dataset needs a non-empty name; got {name!r}.")
+    if not callable(loader):
+        raise TypeError(f"register({name!r}, ...) needs a callable loader(root) -> (x, y, x_test, y_test, classes).")
+    DATASETS[name], AUGMENT_BY_DEFAULT[name] = loader, bool(augment)
+
+
+def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 images (N x C x H x W) as float32 in [0, 1], standardised per channel by ``mean`` and ``std``."""
+    m, sd = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
+    return (x.float().div_(255) - m) / sd
+
+
+def _check_raw(name: str, raw: object) -> Raw:
+    """The loader's output, or a clear error saying what is wrong with it."""
+    if not (isinstance(raw, tuple) and len(raw) == 5):
+        raise TypeError(f"The loader of dataset {name!r} must return (x_train, y_train, x_test, y_test, classes).")
+    xtr, ytr, xte, yte, classes = raw
+    for what, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4):
+            raise TypeError(f"Dataset {name!r}: {what} images must be a float tensor N x C x H x W.")
+        if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (len(x),)):
+            raise TypeError(f"Dataset {name!r}: {what} labels must be an int64 tensor of one label per image.")
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(classes):
+            raise ValueError(f"Dataset {name!r}: {what} labels must lie in 0..{len(classes) - 1} (one per class).")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise ValueError(f"Dataset {name!r}: train and test images differ in shape: {xtr.shape[1:]}, {xte.shape[1:]}.")
+    return raw
+
+
 def load(name: str, root: str | os.PathLike | None = None, public_size: int = 10000, seed: int = 0) -> Splits:
     """Load a dataset and split its training set into private (labelled) and public (unlabelled).
 
     Args:
-        name: ``fashion-mnist`` (offline default: 50k private / 10k public / 10k test) or
-            ``cifar10`` (40k / 10k held out from CIFAR-10's training set / 10k test).
+        name: ``fashion-mnist`` (offline default: 50k private / 10k public / 10k test),
+            ``cifar10`` (40k / 10k held out from CIFAR-10's training set / 10k test) or one of :func:`register`.
         root: data folder; default ``$REFT_DATA`` or ``~/.cache/reft``.
         public_size: samples of the training set held out as the unlabelled public set.
         seed: seed of the private/public split (fixed by default, so every run sees the same split).
@@ -136,20 +192,17 @@ def load(name: str, root: str | os.PathLike | None = None, public_size: int = 10
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}.")
     root = data_root(root)
-    xtr, ytr, xte, yte, classes = (_fashion_mnist if name == "fashion-mnist" else _cifar10)(root)
-    n = len(xtr)
+    x, ytr, xte, yte, classes = _check_raw(name, DATASETS[name](root))
+    n = len(x)
     if not 0 < public_size < n:
         raise ValueError(f"public_size must be between 1 and {n - 1}; got {public_size}.")
-    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in _STATS[name])
-    norm = lambda x: (x.float().div_(255) - mean) / std  # noqa: E731
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     pub, priv = perm[:public_size], perm[public_size:]
-    x = norm(xtr)
     return Splits(
         name=name,
         private_train=Data(x[priv], ytr[priv]),
         public=Data(x[pub], None),
-        test=Data(norm(xte), yte),
+        test=Data(xte, yte),
         classes=tuple(classes),
     )
 
@@ -192,10 +245,7 @@ def _size_ok(path: Path, size: int) -> bool:
     return path.is_file() and path.stat().st_size == size
 
 
-_Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
-
-
-def _fashion_mnist(root: Path) -> _Raw:
+def _fashion_mnist(root: Path) -> Raw:
     prepare_fashion_mnist(root)
     parts = []
     for train in (True, False):
@@ -205,10 +255,11 @@ def _fashion_mnist(root: Path) -> _Raw:
     counts = torch.bincount(ytr, minlength=10).tolist(), torch.bincount(yte, minlength=10).tolist()
     if len(xtr) != 60000 or len(xte) != 10000 or counts != ([6000] * 10, [1000] * 10):
         raise FileNotFoundError(f"Fashion-MNIST in {root} is incomplete or corrupt; delete it and run again.")
-    return xtr, ytr, xte, yte, classes
+    stats = _STATS["fashion-mnist"]
+    return normalise(xtr, *stats), ytr, normalise(xte, *stats), yte, classes
 
 
-def _cifar10(root: Path) -> _Raw:
+def _cifar10(root: Path) -> Raw:
     parts = []
     for train in (True, False):
         try:
@@ -225,7 +276,12 @@ def _cifar10(root: Path) -> _Raw:
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         parts.append((x, torch.tensor(ds.targets, dtype=torch.long), ds.classes))
     (xtr, ytr, classes), (xte, yte, _) = parts
-    return xtr, ytr, xte, yte, classes
+    stats = _STATS["cifar10"]
+    return normalise(xtr, *stats), ytr, normalise(xte, *stats), yte, classes
+
+
+register("fashion-mnist", _fashion_mnist)
+register("cifar10", _cifar10, augment=True)
 
 
 class _fail_fast:
@@ -239,75 +295,14 @@ class _fail_fast:
         socket.setdefaulttimeout(self._old)
 
 
-def partition(
-    labels: torch.Tensor | np.ndarray,
-    n_clients: int,
-    scheme: str = "iid",
-    alpha: float | None = None,
-    shards_per_client: int = 2,
-    seed: int = 0,
-    min_size: int = 1,
-) -> list[np.ndarray]:
-    """Split sample indices across clients; each sample goes to at most one client.
-
-    Args:
-        labels: label of every sample.
-        n_clients: number of clients.
-        scheme: ``iid`` (uniform random), ``dirichlet`` (per-class client proportions drawn from
-            Dirichlet(``alpha``); small alpha = very skewed) or ``shards`` (sorted by label, cut into
-            ``n_clients * shards_per_client`` shards, ``shards_per_client`` per client).
-        alpha: Dirichlet concentration (> 0), required for ``dirichlet``.
-        seed: the same seed gives the same partition.
-        min_size: every client gets at least this many samples (Dirichlet re-draws until so).
-    """
-    labels = np.asarray(labels)
-    n = len(labels)
-    if scheme not in SCHEMES:
-        raise ValueError(f"Unknown partition scheme {scheme!r}. Valid schemes: {', '.join(SCHEMES)}.")
-    if not 1 <= n_clients <= n // max(min_size, 1):
-        raise ValueError(
-            f"n_clients must be between 1 and {n // max(min_size, 1)} for {n} samples "
-            f"(min_size={min_size}); got {n_clients}."
-        )
-    rng = np.random.default_rng(seed)
-    if scheme == "iid":
-        return [np.sort(p) for p in np.array_split(rng.permutation(n), n_clients)]
-    if scheme == "shards":
-        n_shards = n_clients * shards_per_client
-        if shards_per_client < 1 or n_shards > n:
-            raise ValueError(f"shards_per_client must be >= 1 and n_clients * it <= {n}; got {shards_per_client}.")
-        shards = np.array_split(np.argsort(labels, kind="stable"), n_shards)
-        order = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
-        return [np.sort(np.concatenate([shards[s] for s in row])) for row in order]
-    if alpha is None or not alpha > 0:
-        raise ValueError(f"The dirichlet scheme needs alpha > 0 (e.g. 0.5, or 0.1 for strong skew); got {alpha}.")
-    classes = np.unique(labels)
-    for _ in range(1000):
-        parts: list[list[int]] = [[] for _ in range(n_clients)]
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            cuts = (np.cumsum(rng.dirichlet(np.full(n_clients, alpha))) * len(idx)).astype(int)[:-1]
-            for k, chunk in enumerate(np.split(idx, cuts)):
-                parts[k].extend(chunk.tolist())
-        if min(len(p) for p in parts) >= min_size:
-            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
-    raise ValueError(
-        f"Could not draw a Dirichlet(alpha={alpha}) partition with >= {min_size} samples per client in 1000 tries; "
-        "use fewer clients, a larger alpha or a smaller min_size."
-    )
-
-
-def label_histogram(labels: torch.Tensor | np.ndarray, parts: Sequence[np.ndarray], num_classes: int) -> pd.DataFrame:
-    """Samples per class (columns) for each client (rows)."""
-    labels = np.asarray(labels)
-    counts = [np.bincount(labels[p], minlength=num_classes) for p in parts]
-    return pd.DataFrame(counts, index=pd.Index(range(len(parts)), name="client"), columns=range(num_classes))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m reft.data [NAME ...]``: prepare (unpack or download) datasets and print their split."""
-    names = list(argv if argv is not None else sys.argv[1:]) or ["fashion-mnist"]
-    for name in names:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m reft.data", description=main.__doc__.split(": ", 1)[1])
+    ap.add_argument("names", nargs="*", default=["fashion-mnist"], metavar="NAME",
+                    help=f"datasets to prepare ({', '.join(DATASETS)}; default: fashion-mnist)")  # fmt: skip
+    for name in ap.parse_args(argv).names:
         try:
             splits = load(name)
         except (ValueError, FileNotFoundError) as e:

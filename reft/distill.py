@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from reft import bench
+from reft.progress import tqdm
 from reft.train import autocast, evaluate, memory_format, predict, resolve_device
 
 MODES = ("logits", "probs")

@@ -48,12 +48,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from reft import bench, checkpoint, comm, costs, data, diagnostics, report, strategies, train
 from reft import tiers as tiers_mod
 from reft.config import RunConfig
 from reft.federation import Federation
+from reft.progress import tqdm
 from reft.strategies import Strategy
 
 # History columns that hold wall-clock measurements (differ run to run; everything else is seeded).
@@ -98,7 +98,7 @@ def source(cfg: RunConfig, splits: data.Splits | None = None) -> data.Splits:
 def prepare(cfg: RunConfig, splits: data.Splits | None) -> data.Splits:
     """The run's data: ``splits`` (or the loaded dataset) subsampled as configured, checked for the clients."""
     splits = source(cfg, splits).subsample(cfg.private_size, cfg.public_size, cfg.test_size, seed=cfg.seed)
-    if len(splits.public) == 0:
+    if len(splits.public) == 0 and cfg.public_size != 0:  # 0: no public set, refused by RunConfig where needed
         raise ValueError("The public set is empty: REFT distils on unlabelled public data; use public_size >= 1.")
     if cfg.n_clients > len(splits.private_train):
         raise ValueError(
@@ -126,6 +126,8 @@ def run(
     fed = Federation(cfg, splits, final_test=final_test(cfg, whole))
     warn_amp(cfg, fed.device)
     strategy = strategy or strategies.create(cfg.algorithm)
+    if strategy.uses_public and len(splits.public) == 0:
+        raise ValueError(f"{strategy.name} uses the public set, which public_size=0 leaves empty; give it >= 1.")
     ledger = comm.Ledger()
     max_up = max_upload_bytes(fed)
     saving = bool(cfg.save_as) and cfg.checkpoint_every > 0
@@ -293,7 +295,7 @@ def client_update(
     with ctx as loss_fn:
         return train.fit(
             model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, loss_fn=loss_fn,
-            device=cfg.device, augment=cfg.augments, amp=cfg.amp,
+            device=cfg.device, augment=cfg.augments, amp=cfg.amp, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         )  # fmt: skip
 
 

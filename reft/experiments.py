@@ -15,11 +15,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from reft import data
 from reft.config import RunConfig
 from reft.engine import RunResult, run
+from reft.progress import tqdm
 
 
 def time_to_accuracy(history: pd.DataFrame, target: float) -> float:
@@ -109,6 +109,13 @@ def _work(job: tuple[int, RunConfig]) -> tuple[int, RunResult]:
     return i, run(cfg, _SPLITS if _SPLITS is not None else _load(cfg.dataset, cfg.seed))
 
 
+def _finished(res: RunResult) -> str:
+    """What the runs bar says of the run that just finished (one line per run in batch: reft.progress)."""
+    cfg = res.config
+    where = partition_label(cfg.partition if cfg.partition != "dirichlet" else cfg.alpha)
+    return f"last: {cfg.algorithm} {where} seed {cfg.seed}, acc {res.history['server_acc'].iloc[-1]:.4f}"
+
+
 def _run_all(configs: Sequence[RunConfig], splits: data.Splits | None, workers: int, progress: bool) -> list[RunResult]:
     """Every config's run, in order: here one after another (``workers`` 1), or in ``workers`` spawned
     processes with ``torch.get_num_threads() // workers`` threads each, longest runs first."""
@@ -117,6 +124,7 @@ def _run_all(configs: Sequence[RunConfig], splits: data.Splits | None, workers: 
         out = []
         for cfg in configs:
             out.append(run(cfg, splits if splits is not None else _load(cfg.dataset, cfg.seed)))
+            bar.set_postfix_str(_finished(out[-1]))
             bar.update()
         bar.close()
         return out
@@ -127,6 +135,7 @@ def _run_all(configs: Sequence[RunConfig], splits: data.Splits | None, workers: 
     with mp.get_context("spawn").Pool(workers, _init_worker, (threads, splits)) as pool:  # exit: terminate
         for i, res in pool.imap_unordered(_work, jobs):
             results[i] = res
+            bar.set_postfix_str(_finished(res))
             bar.update()
     bar.close()
     return [results[i] for i in range(len(configs))]

@@ -306,7 +306,7 @@ def build_ui(
     auto = ex.policy(model, "deadline", None)
     deadline_s = deadline_s or next(iter(auto.values())).deadline_s
     style, wide = {"description_width": "110px"}, w.Layout(width="460px")
-    model_w = w.Dropdown(options=models.MODEL_NAMES, value=model, description="model", style=style)
+    model_w = w.Dropdown(options=list(models.MODEL_NAMES), value=model, description="model", style=style)
     file_w = w.Text(value=tiers_file or "", placeholder="reft/tiers.csv (shipped)", description="tier table CSV",
                     continuous_update=False, style=style)  # fmt: skip
     tier_w = w.Dropdown(options=list(ex.tiers.index), value=tier, description="tier", style=style)

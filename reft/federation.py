@@ -76,8 +76,9 @@ class Federation:
         mix = cfg.tier_mix if cfg.tier_mix is not None else {t: 1.0 for t in self.tiers.index}
         tier_of = tiers_mod.assign(cfg.n_clients, mix, tiers=self.tiers, seed=cfg.seed)
         parts = data.partition(
-            splits.private_train.y, cfg.n_clients, cfg.partition, alpha=cfg.alpha, seed=cfg.seed, min_size=1
-        )
+            splits.private_train.y, cfg.n_clients, cfg.partition, alpha=cfg.alpha, seed=cfg.seed,
+            shards_per_client=cfg.shards_per_client, min_size=cfg.min_size, max_share=cfg.max_share,
+        )  # fmt: skip
         x, y = splits.private_train.x, splits.private_train.y
         self.clients = [Client(i, tier_of[i], x[p].to(self.device), y[p].to(self.device)) for i, p in enumerate(parts)]
 

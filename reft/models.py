@@ -8,12 +8,15 @@ Every model built here has:
 * ``model.spec``: ``{"name", "num_classes", "in_channels", "widths"}``, enough for :func:`build` to
   make an identically shaped model (``build(**model.spec)``).
 
-Models work on 28x28 (Fashion-MNIST) and 32x32 (CIFAR) inputs.
+Models work on 28x28 (Fashion-MNIST) and 32x32 (CIFAR) inputs. The names are a registry: :func:`register`
+adds a model of one's own (from anywhere, e.g. a notebook cell), which every part of the package then builds by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -185,15 +188,43 @@ class ResNet18(ReftModel):
         return self.classifier(torch.flatten(x, 1))
 
 
+Builder = Callable[[int, int, Sequence[int]], ReftModel]
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A model name's builder (``builder(num_classes, in_channels, widths)``) and its dense widths."""
+
+    builder: Builder
+    default_widths: tuple[int, ...]
+
+
+# Every model :func:`build` (and therefore RunConfig, the wire format and pruning) knows, by name.
+MODEL_NAMES: dict[str, Registered] = {}
+
+
+def register(name: str, builder: Builder, default_widths: Sequence[int] | None = None) -> None:
+    """Make a model available by name to :func:`build`, :class:`reft.config.RunConfig` and :mod:`reft.comm`.
+
+    ``builder(num_classes, in_channels, widths)`` returns a :class:`ReftModel` subclass instance (it has
+    ``classifier``, the final ``nn.Linear``, and ``widths`` read off its modules, so that ``build(**model.spec)``
+    rebuilds a pruned copy); ``default_widths`` are its dense widths (default: ``builder.default_widths``).
+    Registering a name again replaces it, so re-running a notebook cell is harmless.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A model needs a non-empty name; got {name!r}.")
+    if not callable(builder):
+        raise TypeError(f"register({name!r}, ...) needs a callable builder(num_classes, in_channels, widths).")
+    widths = default_widths if default_widths is not None else getattr(builder, "default_widths", None)
+    if widths is None or not len(widths) or not all(isinstance(w, int) and w >= 1 for w in widths):
+        raise ValueError(f"register({name!r}, ...) needs default_widths: the dense widths, ints >= 1; got {widths!r}.")
+    MODEL_NAMES[name] = Registered(builder, tuple(widths))
+
+
 def default_widths(name: str) -> list[int]:
     """The dense (unpruned) widths of a named model."""
     _check_name(name)
-    if name in _VGG_CFG:
-        return [c for c in _VGG_CFG[name] if c != "M"]
-    return list({"cnn": SmallCNN, "resnet18": ResNet18}[name].default_widths)
-
-
-MODEL_NAMES = ("cnn", "vgg11", "vgg16", "resnet18")
+    return list(MODEL_NAMES[name].default_widths)
 
 
 def _check_name(name: str) -> None:
@@ -210,7 +241,7 @@ def build(
     """Build a model by name.
 
     Args:
-        name: one of ``cnn``, ``vgg11``, ``vgg16``, ``resnet18``.
+        name: a registered name: ``cnn``, ``vgg11``, ``vgg16``, ``resnet18`` or one of :func:`register`.
         num_classes: number of output classes.
         in_channels: 1 for Fashion-MNIST, 3 for CIFAR.
         widths: channels per prunable layer (see each class); ``None`` gives the dense model.
@@ -225,6 +256,14 @@ def build(
         raise ValueError(f"Every width must be >= 1; got {widths}.")
     if num_classes < 2 or in_channels < 1:
         raise ValueError(f"num_classes must be >= 2 and in_channels >= 1; got {num_classes}, {in_channels}.")
-    if name in _VGG_CFG:
-        return VGG(name, num_classes, in_channels, widths)
-    return {"cnn": SmallCNN, "resnet18": ResNet18}[name](num_classes, in_channels, widths)
+    model = MODEL_NAMES[name].builder(num_classes, in_channels, widths)
+    if not isinstance(model, ReftModel):
+        raise TypeError(f"The builder registered as {name!r} returned {type(model).__name__}, not a ReftModel.")
+    model.arch = name  # the spec names the registered builder, so the wire format rebuilds this model
+    return model
+
+
+register("cnn", SmallCNN)
+for _arch, _cfg in _VGG_CFG.items():
+    register(_arch, partial(VGG, _arch), [c for c in _cfg if c != "M"])
+register("resnet18", ResNet18)

@@ -29,9 +29,9 @@ import pandas as pd
 import torch
 import torch_pruning as tp
 from torch import nn
-from tqdm.auto import tqdm
 
 from reft import measure, models, train
+from reft.progress import tqdm
 
 __all__ = [
     "IMPORTANCES",

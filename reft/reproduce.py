@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 
 import yaml
 
@@ -132,8 +134,38 @@ def stamp_path(job: Job, profile: str) -> Path:
     return report.results_dir(profile) / "notebooks" / f"{job.name}.done.json"
 
 
+class Terminal:
+    """Where a kernel's printed output goes while papermill runs it: this terminal, above papermill's cell bar
+    (``tqdm.write`` clears and redraws it). The kernels print progress as plain lines (``REFT_PROGRESS=lines``,
+    :mod:`reft.progress`): the runs of a sweep, the rounds of a run, a line per finished run."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        for line in text.splitlines():
+            if line.strip():
+                tqdm.write(f"  {line}", file=self.stream)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def run(profile: str, jobs: list[Job], force: bool = False) -> int:
-    """Run (or resume) the planned jobs of a profile; returns a process exit code."""
+    """Run (or resume) the planned jobs of a profile; returns a process exit code. The notebooks' printed
+    output and progress lines stream to this terminal (:class:`Terminal`)."""
+    before = os.environ.get("REFT_PROGRESS")
+    os.environ["REFT_PROGRESS"] = before or "lines"  # the kernels inherit it
+    try:
+        return _run(profile, jobs, force)
+    finally:
+        if before is None:
+            del os.environ["REFT_PROGRESS"]
+
+
+def _run(profile: str, jobs: list[Job], force: bool) -> int:
     import papermill
 
     code = code_fingerprint()
@@ -151,8 +183,9 @@ def run(profile: str, jobs: list[Job], force: bool = False) -> int:
         t0 = time.perf_counter()
         try:
             papermill.execute_notebook(
-                str(job.notebook), str(out), parameters=job.parameters, cwd=str(job.notebook.parent), progress_bar=True
-            )
+                str(job.notebook), str(out), parameters=job.parameters, cwd=str(job.notebook.parent), progress_bar=True,
+                stdout_file=Terminal(sys.stdout), stderr_file=Terminal(sys.stderr),
+            )  # fmt: skip
         except papermill.PapermillExecutionError as e:
             print(f"[FAIL] {job.name}: {e.ename}: {e.evalue}\n       the executed copy shows the error: {out}")
             return 1

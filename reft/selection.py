@@ -15,12 +15,12 @@ from typing import Any
 
 import pandas as pd
 from torch import nn
-from tqdm.auto import tqdm
 
 from reft import bench, data, distill, engine, stats, train
 from reft.config import RunConfig
 from reft.experiments import partition_kw, partition_label
 from reft.federation import Client, Federation
+from reft.progress import tqdm
 from reft.strategies.base import Strategy
 from reft.strategies.reft import REFT
 

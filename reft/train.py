@@ -32,9 +32,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from reft import data
+from reft.progress import tqdm
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

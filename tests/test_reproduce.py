@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -93,3 +94,15 @@ def test_resume_flag_reaches_notebook_03_and_leaves_the_fingerprint_alone() -> N
     assert reproduce.fingerprint(resumed, code) == reproduce.fingerprint(job, code)
     changed = reproduce.Job(job.notebook, {**job.parameters, "rounds": 9})
     assert reproduce.fingerprint(changed, code) != reproduce.fingerprint(job, code)
+
+
+def test_progress_of_a_notebook_streams_to_the_terminal(nbdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """The kernel's bars print plain lines (REFT_PROGRESS=lines), which reach this terminal while it runs."""
+    (nbdir / "00_table.ipynb").unlink()
+    _notebook(
+        nbdir / "00_steps.ipynb", "from reft.progress import tqdm\nfor _ in tqdm(range(3), desc='steps'):\n    pass"
+    )
+    assert reproduce.run("tiny", reproduce.plan("other", {"other": {}})) == 0
+    out = capsys.readouterr().out
+    assert "  steps: 1/3 [" in out and "  steps: 3/3 [" in out
+    assert "REFT_PROGRESS" not in os.environ  # restored after the run

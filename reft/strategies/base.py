@@ -30,6 +30,8 @@ class Strategy:
     server_model: nn.Module
     #: how uploads are weighted when ``RunConfig.weighting`` is None: "samples" (by data size) or "uniform"
     weighting = "samples"
+    #: whether the algorithm reads the unlabelled public set (``RunConfig.public_size=0`` is refused if so)
+    uses_public = True
 
     def setup(self, fed: Federation) -> None:
         raise NotImplementedError

@@ -20,6 +20,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
     weakest = False
+    uses_public = False
 
     def setup(self, fed: Federation) -> None:
         model = fed.dense_model()

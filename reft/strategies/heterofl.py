@@ -140,6 +140,11 @@ class HeteroFL(Strategy):
             raise ValueError(f"Unknown HeteroFL bn mode {bn!r}. Valid modes: {', '.join(self.BN_MODES)}.")
         self.bn, self.use_scaler, self.masked_ce, self.label_rows = bn, scaler, masked_ce, label_rows
 
+    @property
+    def uses_public(self) -> bool:  # type: ignore[override]
+        """Static BN (``bn="public"``) recomputes statistics on the public set; ``bn="averaged"`` needs none."""
+        return self.bn == "public"
+
     def setup(self, fed: Federation) -> None:
         self.server_model = fed.dense_model()
         self.tier_widths = fed.widths
