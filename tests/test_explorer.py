@@ -32,7 +32,11 @@ def test_row_reuses_the_cost_code(ex):
     assert row["latency_ms_b4"] > 0 and row["speedup"] == pytest.approx(
         ex.latency_ms("cnn", 0.0) / row["latency_ms_b4"]
     )
-    assert 0.85 < row["acc_pruned+finetuned"] < 0.91  # the committed fmnist curve at r=0.5 (0.8958)
+    acc, note = ex.curve("cnn")
+    if acc is None:  # the committed curve is of an older cnn (before issue 25's hidden norm) until notebook 01 re-runs
+        assert "the committed curve's model has" in note and "acc_pruned+finetuned" not in row
+    else:
+        assert 0.85 < row["acc_pruned+finetuned"] < 0.91  # the committed fmnist curve at r=0.5 (0.8958)
 
 
 def test_latency_is_measured_once_per_model_and_ratio(ex, monkeypatch):
@@ -96,7 +100,8 @@ def test_widgets_update_in_place_and_reuse_the_cache(ex):
     by_name = {getattr(w, "description", ""): w for w in _walk(ui)}
     numbers, status = by_class["reft-explorer-numbers"], by_class["reft-explorer-status"]
     before = numbers.value
-    assert "40,506" in before and "raspberry" not in before  # cnn at r=0.5 has 40,506 params
+    params = int(costs.at_ratios(ex.net("cnn"), X, [0.5]).set_index("ratio").loc[0.5, "params"])
+    assert f"{params:,}" in before and "raspberry" not in before  # the cnn's parameter count at r=0.5
     by_name["pruning ratio"].value = 0.6
     assert numbers.value != before and "latency measured now" in status.value
     by_name["pruning ratio"].value = 0.5

@@ -314,7 +314,7 @@ def test_a_diverging_client_is_reported_and_rejected(splits, monkeypatch) -> Non
 
 # field -> (a value of the wrong type, a well-typed value out of range or None when any value of the type is fine)
 BAD_CONFIG = {
-    "algorithm": (1, "fedprox"), "dataset": (None, "mnist"), "private_size": ("1k", 0), "public_size": (1.5, 0),
+    "algorithm": (1, "fedprox"), "dataset": (None, "mnist"), "private_size": ("1k", 0), "public_size": (1.5, -1),
     "test_size": ([1], -1), "n_clients": (2.5, 0), "partition": (0, "random"), "alpha": ("0.5", 0.0),
     "model": (["cnn"], "mlp"), "widths": ("4,8", [4, 8, 16, 1000]), "tiers_path": (3, None), "tier_mix": (5, None),
     "policy": (None, "fastest"), "max_ratio": ("0.5", 1.0), "deadline_s": ("1", -1.0), "importance": (2, "l3"),
@@ -327,6 +327,8 @@ BAD_CONFIG = {
     "resume": ("no", None), "keep_checkpoints": (0, None), "device": (0, "nope"), "amp": ("yes", None),
     "augment": ("on", None), "diagnostics_every": ("1", -1),
     "codec_up": (8, "int4"), "codec_down": (None, "bf16"),
+    "momentum": ("0.9", 1.0), "weight_decay": ("x", -1.0), "shards_per_client": (2.5, 0), "min_size": ("1", 0),
+    "max_share": ("half", 1.5),
 }  # fmt: skip
 
 

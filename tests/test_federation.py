@@ -117,7 +117,7 @@ def test_bad_input_gives_clear_errors(splits) -> None:
         RunConfig(rounds=0)
     with pytest.raises(ValueError, match="temperature must be > 0; got 0"):
         RunConfig(temperature=0)
-    with pytest.raises(ValueError, match="public_size must be >= 1 .*unlabelled public set"):
+    with pytest.raises(ValueError, match="public_size=0 leaves no public set, but reft uses one"):
         RunConfig(public_size=0)
     with pytest.raises(ValueError, match="dirichlet' needs alpha > 0"):
         RunConfig(partition="dirichlet")
