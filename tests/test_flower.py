@@ -306,3 +306,16 @@ def test_insecure_deployment_stays_available_and_says_what_it_gives_up(tmp_path)
         with pytest.raises(RuntimeError, match="secure SuperLink"):
             dep.probe()
     assert dep.owned() == []
+
+
+def test_flwr_json_answers_parse_with_ansi_styles_and_styles_are_switched_off() -> None:
+    from reft.flower import processes
+
+    styled = (
+        '\x1b[1m{\x1b[0m\n  \x1b[94m"success"\x1b[0m: \x1b[3;92mtrue\x1b[0m,\n'
+        '  "node-id": 11437928231550795945\n\x1b[1m}\x1b[0m\n'
+    )
+    assert processes.json_answer("preamble\n" + styled) == {"success": True, "node-id": 11437928231550795945}
+    assert processes.json_answer("no answer") == {} and processes.json_answer("{broken") == {}
+    env = processes.plain_env({"FORCE_COLOR": "1", "CLICOLOR_FORCE": "1", "PATH": "/bin"})
+    assert env == {"PATH": "/bin", "NO_COLOR": "1", "TERM": "dumb"}

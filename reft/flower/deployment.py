@@ -37,7 +37,7 @@ import psutil
 from reft.config import RunConfig
 from reft.flower import config as fconfig
 from reft.flower import security
-from reft.flower.processes import MARKER, OFFLINE_ENV, flower_bin, free_port
+from reft.flower.processes import MARKER, OFFLINE_ENV, flower_bin, free_port, json_answer, plain_env
 from reft.flower.results import FlowerResult, client_started, read_result
 
 
@@ -74,7 +74,8 @@ class Deployment:
         self.home.mkdir(exist_ok=True)
         # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp) from PATH.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        self.env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(self.home), MARKER: self.marker, "PATH": path}
+        env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(self.home), MARKER: self.marker, "PATH": path}
+        self.env = plain_env(env)
         self.procs: dict[str, subprocess.Popen] = {}
         self.nodes: dict[int, str] = {}  # partition id -> process name
         self.port: int | None = None
@@ -139,11 +140,7 @@ class Deployment:
         """Run a ``flwr`` CLI command against this SuperLink (``--format json``); its JSON answer."""
         cmd = [flower_bin("flwr"), *args, "reft", "--format", "json"]
         res = subprocess.run(cmd, env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=timeout)
-        out = res.stdout[res.stdout.find("{") :] if "{" in res.stdout else ""
-        try:
-            answer = json.loads(out)
-        except json.JSONDecodeError:
-            answer = {}
+        answer = json_answer(res.stdout)
         if res.returncode != 0 or not answer.get("success", False):
             raise RuntimeError(f"flwr {' '.join(args)} failed ({res.returncode}): {res.stdout}\n{res.stderr}")
         return answer
@@ -164,7 +161,7 @@ class Deployment:
         for i, proc in procs.items():
             out, _ = proc.communicate(timeout=120)
             try:
-                self.registered[i] = int(json.loads(out[out.find("{") :])["node-id"])
+                self.registered[i] = int(json_answer(out)["node-id"])
             except (ValueError, KeyError) as e:
                 raise RuntimeError(f"Registering SuperNode {i}'s public key failed ({proc.returncode}): {out}") from e
         return {i: self.registered[i] for i in partition_ids}

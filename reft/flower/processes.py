@@ -11,7 +11,9 @@ loopback-only network namespace (:func:`loopback_only`; :func:`isolate_cmd` runs
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -29,6 +31,27 @@ OFFLINE_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+#: ``flwr``'s JSON answers are printed through rich: in a notebook kernel they came with ANSI styles (bold braces)
+#: (a notebook-05 run under nbmake failed on them); these settings and :func:`json_answer` keep them parseable.
+PLAIN_ENV = {"NO_COLOR": "1", "TERM": "dumb"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the variables that force styled terminal output, plus :data:`PLAIN_ENV`."""
+    return {**{k: v for k, v in env.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE", "PY_COLORS")}, **PLAIN_ENV}
+
+
+def json_answer(text: str) -> dict:
+    """The JSON object a ``flwr ... --format json`` command printed (ANSI styles and any preamble dropped);
+    ``{}`` when there is none."""
+    text = _ANSI.sub("", text)
+    try:
+        return json.loads(text[text.find("{") :]) if "{" in text else {}
+    except json.JSONDecodeError:
+        return {}
+
+
 SESSION = "REFT_FLOWER_SESSION"  # every process of one reft.flower.engines.run child inherits it
 
 
