@@ -182,6 +182,7 @@ def distill(
 
     torch.manual_seed(seed)
     fmt = memory_format(student)
+    cast = autocast(dev, amp, student)  # decided once per call, entered every step
     student.to(device=dev, memory_format=fmt)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     budget = epochs * -(-len(x_tr) // batch_size)
@@ -195,7 +196,7 @@ def distill(
             for i in range(0, len(x_tr), batch_size):
                 idx = perm[i : i + batch_size]
                 xb = x_tr[idx].contiguous(memory_format=fmt) if x_tr.dim() == 4 else x_tr[idx]
-                with autocast(dev, amp, student):
+                with cast:
                     logits = student(xb)
                 loss = kd_loss(logits.float(), t_tr[idx], temperature)
                 opt.zero_grad(set_to_none=True)

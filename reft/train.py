@@ -208,6 +208,7 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     aug = _augment_generator(seed) if augment else None
     fmt = memory_format(model)
+    cast = autocast(dev, amp, model)  # decided once per call, entered every step
     model.to(device=dev, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps = (len(x) + batch_size - 1) // batch_size
@@ -226,7 +227,7 @@ def fit(
                 if aug is not None:
                     xb = crop_flip(xb, aug)
                 xb, yb = _fmt(xb, fmt).to(dev), yb.to(dev)
-                with autocast(dev, amp, model):
+                with cast:
                     logits = model(xb)
                 loss = loss_fn(logits.float(), yb)  # the loss in fp32 whatever the forward ran in
                 value = loss.item()

@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from reft import experiments, report, stats, train
 from reft.config import RunConfig
@@ -34,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("results/fmnist"))
     a = p.parse_args(argv)
-    import torch
-
     if not train.amp_device(torch.device("cpu")):
         p.error("this CPU has no native bf16: amp would compute in fp32, so there is nothing to compare")
     partitions = [x if x == "iid" else float(x) for x in a.partitions]

@@ -440,21 +440,17 @@ def bf16() -> str:
 
 def amp_check() -> str:
     """scripts/amp_check.py: final accuracy in fp32 and bf16, paired by seed, and bf16 - fp32 with the verdict."""
-    rows, v = results("amp_check"), results("amp_check_versus").set_index(["method", "partition"])
-    s = stats.summarize(rows, ["method", "partition", "precision"], ["final_acc", "wall_s"]).set_index(
-        ["method", "partition", "precision"])  # fmt: skip
-    out = []
-    for (m, part), r in v.iterrows():
-        f32, b16 = s.loc[(m, part, "fp32")], s.loc[(m, part, "bf16")]
-        out.append({
-            "method": METHODS[m], "partition": part, "seeds": int(r["seeds"]),
-            "fp32: final acc (%)": pm(f32["final_acc_mean"], f32["final_acc_ci_low"], f32["final_acc_ci_high"]),
-            "bf16: final acc (%)": pm(b16["final_acc_mean"], b16["final_acc_ci_low"], b16["final_acc_ci_high"]),
-            "bf16 − fp32 (points, 95% CI)": interval(r["diff_mean"], r["diff_ci_low"], r["diff_ci_high"]),
-            "verdict": r["verdict"],
-            "run wall s, fp32 → bf16": f"{f32['wall_s_mean']:.0f} → {b16['wall_s_mean']:.0f}",
-        })  # fmt: skip
-    return markdown(pd.DataFrame(out))
+    v = results("amp_check_versus")
+    s = stats.summarize(results("amp_check"), ["method", "partition", "precision"], ["final_acc", "wall_s"])
+    keys = v[["method", "partition"]]
+    f32, b16 = (keys.merge(s[s["precision"] == p], on=["method", "partition"], how="left") for p in ("fp32", "bf16"))
+    walls = zip(f32["wall_s_mean"], b16["wall_s_mean"], strict=True)
+    return markdown(pd.DataFrame({
+        "method": v["method"].map(METHODS), "partition": v["partition"], "seeds": v["seeds"],
+        "fp32: final acc (%)": final_acc(f32), "bf16: final acc (%)": final_acc(b16),
+        "bf16 − fp32 (points, 95% CI)": differences(v), "verdict": v["verdict"],
+        "run wall s, fp32 → bf16": [f"{a:.0f} → {b:.0f}" for a, b in walls],
+    }))  # fmt: skip
 
 
 def step_costs() -> str:

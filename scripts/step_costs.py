@@ -42,8 +42,16 @@ def before_format(model: nn.Module) -> torch.memory_format:
     return torch.channels_last if all(w % 8 == 0 for w in widths) else torch.contiguous_format
 
 
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
 def stepper(
-    model: nn.Module, fmt: torch.memory_format, amp: bool, foreach: bool = False, engine_rule: bool = False
+    batches: Batches,
+    model: nn.Module,
+    fmt: torch.memory_format,
+    amp: bool,
+    foreach: bool = False,
+    engine_rule: bool = False,
 ) -> Callable[[int], None]:
     """One SGD step on batch ``i`` of the probe data, as :func:`reft.train.fit` takes it. ``amp`` forces bf16
     autocast, unless ``engine_rule``: then bf16 applies where :func:`reft.train.autocast` applies it."""
@@ -52,10 +60,11 @@ def stepper(
     dev = torch.device("cpu")
 
     def step(i: int) -> None:
-        xb = X[i * BATCH : (i + 1) * BATCH].contiguous(memory_format=fmt)
+        xb, yb = batches[i % len(batches)]
+        xb = xb.contiguous(memory_format=fmt)
         with train.autocast(dev, amp, model if engine_rule else None):
             logits = model(xb)
-        loss = F.cross_entropy(logits.float(), Y[i * BATCH : (i + 1) * BATCH])
+        loss = F.cross_entropy(logits.float(), yb)
         loss.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -68,7 +77,7 @@ def median_ms(step: Callable[[int], None], steps: int) -> float:
     times = []
     for i in range(steps):
         t = time.perf_counter()
-        step(i % (len(X) // BATCH))
+        step(i)
         times.append(time.perf_counter() - t)
     return 1e3 * statistics.median(times)
 
@@ -83,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = RunConfig(private_size=20000, public_size=5000, test_size=2000, max_ratio=0.95, progress=False)
     splits = engine.prepare(cfg, data.load(cfg.dataset))
-    global X, Y
-    X, Y = splits.private_train.x[: 20 * BATCH], splits.private_train.y[: 20 * BATCH]
+    x, y = splits.private_train.x, splits.private_train.y
+    batches = [(x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH]) for i in range(20)]
     fed = Federation(cfg, splits)
     rows = []
     for tier, widths in fed.widths.items():
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "after bf16": (train.memory_format(net), True, False, True),
             "after bf16 foreach": (train.memory_format(net), True, True, True),
         }
-        steps = {k: stepper(copy.deepcopy(net), *v) for k, v in variants.items()}
+        steps = {k: stepper(batches, copy.deepcopy(net), *v) for k, v in variants.items()}
         for s in steps.values():
             median_ms(s, 3)  # warm-up
         times: dict[str, list[float]] = {k: [] for k in steps}
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             fmt, amp, _, rule = variants["after bf16"]
             model = torch.compile(copy.deepcopy(net))
             t = time.perf_counter()
-            s = stepper(model, fmt, amp, engine_rule=rule)
+            s = stepper(batches, model, fmt, amp, engine_rule=rule)
             median_ms(s, 2)  # compiles forward and backward
             row["compile_s"] = time.perf_counter() - t
             row["after bf16 compiled"] = statistics.median(median_ms(s, a.steps) for _ in range(a.repeats))
