@@ -63,8 +63,13 @@ def directory(cfg: RunConfig) -> Path:
 # Fields added later, left out while at their default, so a checkpoint written before they existed still fits.
 AT_DEFAULT_NOT_FINGERPRINTED = {
     "codec_up": "fp32", "codec_down": "fp32", "momentum": 0.9, "weight_decay": 5e-4, "shards_per_client": 2,
-    "min_size": 1, "max_share": None,
+    "min_size": 1, "max_share": None, "lr_milestones": (), "lr_gamma": 0.1,
 }  # fmt: skip
+
+
+def _plain(v: Any) -> Any:
+    """A value as JSON stores it (a tuple and a list of the same items are the same config)."""
+    return list(v) if isinstance(v, tuple) else v
 
 
 def config_fields(cfg: RunConfig) -> dict[str, Any]:
@@ -72,7 +77,7 @@ def config_fields(cfg: RunConfig) -> dict[str, Any]:
         k: v
         for k, v in asdict(cfg).items()
         if k not in NOT_FINGERPRINTED
-        and not (k in AT_DEFAULT_NOT_FINGERPRINTED and AT_DEFAULT_NOT_FINGERPRINTED[k] == v)
+        and not (k in AT_DEFAULT_NOT_FINGERPRINTED and _plain(AT_DEFAULT_NOT_FINGERPRINTED[k]) == _plain(v))
     }
 
 
@@ -170,7 +175,8 @@ def latest(cfg: RunConfig, fp: str) -> State | None:
             continue
         if doc["fingerprint"] != fp:
             theirs, ours = doc["config"], config_fields(cfg)
-            diff = [f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in ours if theirs.get(k) != ours[k]]
+            diff = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted({*ours, *theirs})
+                    if _plain(theirs.get(k)) != _plain(ours.get(k))]  # fmt: skip
             raise CheckpointError(
                 f"The checkpoints in {folder} were written by a different run "
                 f"({'; '.join(diff) or 'same config, different data'}). Use another save_as, resume=False, "

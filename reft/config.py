@@ -91,6 +91,11 @@ def _value_errors(c: SimpleNamespace, bad: Collection[str]) -> list[str]:
         (c.n_clients >= 1, f"n_clients must be >= 1; got {c.n_clients}"),
         (c.local_epochs >= 1, f"local_epochs must be >= 1; got {c.local_epochs}"),
         (c.lr > 0, f"lr must be > 0; got {c.lr}"),
+        (0 < c.lr_gamma <= 1, f"lr_gamma must be in (0, 1]; got {c.lr_gamma}"),
+        (
+            "lr_milestones" in bad or all(m >= 1 for m in c.lr_milestones),
+            f"lr_milestones must be rounds >= 1; got {list(c.lr_milestones) if 'lr_milestones' not in bad else ''}",
+        ),
         (c.distill_lr > 0, f"distill_lr must be > 0; got {c.distill_lr}"),
         (c.batch_size >= 1, f"batch_size must be >= 1; got {c.batch_size}"),
         (c.distill_batch_size >= 1, f"distill_batch_size must be >= 1; got {c.distill_batch_size}"),
@@ -186,6 +191,10 @@ class RunConfig:
     rounds: int = 5
     local_epochs: int = 1
     lr: float = 0.05
+    # step decay of the local lr over rounds (torch's MultiStepLR, per round): rounds after a milestone train
+    # with lr * lr_gamma ** (milestones passed); () keeps the lr constant. Same for every algorithm.
+    lr_milestones: Sequence[int] = ()
+    lr_gamma: float = 0.1
     momentum: float = 0.9  # the local SGD optimizer's (reft.train.fit)
     weight_decay: float = 5e-4
     batch_size: int = 64
@@ -241,6 +250,10 @@ class RunConfig:
         """Whether local training augments: ``augment``, or when None the dataset's default
         (:data:`reft.data.AUGMENT_BY_DEFAULT`: on for CIFAR-10, off for Fashion-MNIST)."""
         return self.augment if self.augment is not None else data.AUGMENT_BY_DEFAULT.get(self.dataset, False)
+
+    def lr_at(self, rnd: int) -> float:
+        """The local learning rate of round ``rnd`` (1-based): ``lr`` times ``lr_gamma`` per milestone before it."""
+        return self.lr * self.lr_gamma ** sum(m < rnd for m in self.lr_milestones)
 
     def replace(self, **changes) -> RunConfig:
         """A validated copy with some fields changed."""

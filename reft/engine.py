@@ -197,6 +197,9 @@ def run(
         server = strategy.server_model
         with bench.phase("server evaluation", server, test.x, len(test.x)):
             server_acc = train.evaluate(server, test.x, test.y, device=fed.device, amp=fed.amp)
+            # the per-round subset in the last round too (a robustness column over the last rounds; selects nothing)
+            subset_acc = server_acc if test is fed.test else train.evaluate(
+                server, fed.test.x, fed.test.y, device=fed.device, amp=fed.amp)  # fmt: skip
         dead = {}
         if fed.diagnose(rnd):  # dead ReLU units of the server model and the uploads, on a fixed probe batch
             with bench.phase("dead units (diagnostic)"):
@@ -215,6 +218,7 @@ def run(
             "round": rnd,
             "server_acc": server_acc,
             "test_n": len(test.y),
+            "subset_acc": subset_acc,
             "client_acc_mean": float(st["acc"].mean()),
             **extra,
             "participants": len(active),
@@ -289,13 +293,15 @@ def client_update(
     on the same CPU model, torch version and thread count). ``strategy``
     and ``options`` (its :meth:`~reft.strategies.Strategy.local_options` for this client) let an
     algorithm change local training, e.g. HeteroFL's Scaler and masked cross-entropy. The model trains on
-    ``RunConfig.device`` (moved there in place), augmented as ``RunConfig.augments`` says."""
+    ``RunConfig.device`` (moved there in place), augmented as ``RunConfig.augments`` says, at the round's
+    learning rate (:meth:`~reft.config.RunConfig.lr_at`)."""
     seed = cfg.seed * 100_003 + rnd * 1_009 + cid
     ctx = strategy.local_training(model, y, options or {}) if strategy is not None else nullcontext(None)
     with ctx as loss_fn:
         return train.fit(
-            model, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, loss_fn=loss_fn,
-            device=cfg.device, augment=cfg.augments, amp=cfg.amp, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            model, x, y, epochs=cfg.local_epochs, lr=cfg.lr_at(rnd), batch_size=cfg.batch_size, seed=seed,
+            loss_fn=loss_fn, device=cfg.device, augment=cfg.augments, amp=cfg.amp, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
         )  # fmt: skip
 
 

@@ -47,6 +47,8 @@ def summary(result: RunResult, target_acc: float | None = None) -> dict:
         "rounds": len(h),
         "final_acc": float(h["server_acc"].iloc[-1]),
         "final_test_n": int(h["test_n"].iloc[-1]),
+        # robustness: the mean of the last five rounds on the fixed per-round subset (it selects nothing)
+        "last5_subset_acc": float(h["subset_acc"].tail(5).mean()) if "subset_acc" in h else float("nan"),
         "client_acc_mean": float(h["client_acc_mean"].iloc[-1]),
         **{f"final_{c}": float(h[c].iloc[-1]) for c in ("group_acc_mean", "group_acc_best") if c in h},  # FedDF
         "mb_up": up / 1e6,

@@ -9,8 +9,9 @@ afterwards. Runs save a checkpoint every round and resume (``--resume``), so an 
 most a round per run, and a finished one can be extended to more rounds with the same flags.
 
     nice -n 19 python scripts/pilot.py run --label p50k_e1 --private-size 50000 --local-epochs 1 \
-        --rounds 40 --distill-epochs 5 --workers 2 --resume
+        --rounds 40 --lr-milestones 20 --distill-epochs 5 --workers 2 --resume
     python scripts/pilot.py check --label p50k_e1          # the slope table, from the CSVs alone
+    python scripts/pilot.py check --history results/fmnist/03_history.csv   # the same test on the reported run
     nice -n 19 python scripts/pilot.py time --private-size 50000 --rounds 2     # per-round cost per method
 
 ``run`` writes ``results/fmnist/pilot/<label>_seed<k>.csv`` (every method and partition, one row per round:
@@ -49,6 +50,7 @@ def base_config(args: argparse.Namespace) -> RunConfig:
         dataset=p.get("dataset", "fashion-mnist"), n_clients=p["n_clients"], public_size=p["public_size"],
         test_size=p["test_size"], max_ratio=p["max_ratio"], private_size=args.private_size,
         local_epochs=args.local_epochs, rounds=args.rounds, distill_epochs=args.distill_epochs,
+        lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma,
         final_test=False, diagnostics_every=args.diagnostics_every, profile=PROFILE, resume=args.resume,
         checkpoint_every=1, progress=False,
     )  # fmt: skip
@@ -64,9 +66,15 @@ def partitions(values: list[str]) -> list[str | float]:
 
 def run(args: argparse.Namespace) -> None:
     base = base_config(args)
-    protocol = {k: getattr(base, k) for k in ("private_size", "public_size", "test_size", "local_epochs", "rounds",
-                                              "distill_epochs", "n_clients", "max_ratio", "lr")}  # fmt: skip
-    protocol |= {"seeds": args.seeds, "methods": args.methods, "partitions": args.partitions}
+    keys = ("private_size", "public_size", "test_size", "local_epochs", "rounds", "distill_epochs", "n_clients",
+            "max_ratio", "lr", "lr_gamma")  # fmt: skip
+    protocol = {k: getattr(base, k) for k in keys}
+    protocol |= {
+        "lr_milestones": list(base.lr_milestones),
+        "seeds": args.seeds,
+        "methods": args.methods,
+        "partitions": args.partitions,
+    }
     report.atomic_write(pilot_dir() / f"{args.label}_protocol.json", lambda p: p.write_text(json.dumps(protocol)))
     t0 = time.perf_counter()
     cmp = experiments.compare(
@@ -85,7 +93,9 @@ def slopes(history: pd.DataFrame, window: int = 10, max_slope: float = 0.1) -> p
     rows = []
     for (method, part), h in history.groupby(["method", "partition"], sort=False):
         last = h.groupby("seed")["round"].max().min()  # rounds every seed has finished
-        mean = h[h["round"] <= last].groupby("round")["server_acc"].mean() * 100
+        # the fixed per-round subset in every round (a reported run measures its last round on the whole test part)
+        col = "subset_acc" if "subset_acc" in h and h["subset_acc"].notna().all() else "server_acc"
+        mean = h[h["round"] <= last].groupby("round")[col].mean() * 100
         tail = mean.iloc[-window:]
         slope = float(np.polyfit(tail.index.to_numpy(float), tail.to_numpy(), 1)[0]) if len(tail) >= 2 else np.nan
         rows.append({"method": method, "partition": part, "seeds": h["seed"].nunique(), "rounds": int(last),
@@ -95,9 +105,10 @@ def slopes(history: pd.DataFrame, window: int = 10, max_slope: float = 0.1) -> p
 
 
 def check(args: argparse.Namespace) -> None:
-    files = sorted(pilot_dir().glob(f"{args.label}_seed*.csv"))
-    if not files:
-        sys.exit(f"No pilot curves {pilot_dir()}/{args.label}_seed*.csv: run `scripts/pilot.py run` first.")
+    files = [Path(args.history)] if args.history else sorted(pilot_dir().glob(f"{args.label}_seed*.csv"))
+    if not files or not all(f.is_file() for f in files):
+        sys.exit(f"No curves {args.history or f'{pilot_dir()}/{args.label}_seed*.csv'}: run the pilot or notebook 03 "
+                 "first.")  # fmt: skip
     table = slopes(pd.concat(map(pd.read_csv, files), ignore_index=True), args.window, args.max_slope)
     print(table.round(3).to_string(index=False))
     print("PASS: every curve flat" if table["flat"].all() else "NOT FLAT: " + ", ".join(
@@ -135,10 +146,13 @@ def main() -> None:
     ap.add_argument("--private-size", type=int, default=50_000, help="labelled images over all clients (<= 50000)")
     ap.add_argument("--local-epochs", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--lr-milestones", type=int, nargs="*", default=[], help="rounds after which the local lr decays")
+    ap.add_argument("--lr-gamma", type=float, default=0.1, help="the lr's factor at each milestone")
     ap.add_argument("--distill-epochs", type=int, default=5, help="server distillation budget (REFT and FedDF)")
     ap.add_argument("--diagnostics-every", type=int, default=5, help="dead units, client accuracy every k rounds")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--resume", action="store_true", help="continue from the round checkpoints")
+    ap.add_argument("--history", help="check: a reported run's history instead (results/fmnist/03_history.csv)")
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--max-slope", type=float, default=0.1, help="points per round")
     args = ap.parse_args()

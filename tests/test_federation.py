@@ -180,6 +180,9 @@ def test_last_round_is_measured_on_the_whole_test_part(splits, algorithm, monkey
     off = _run(splits, algorithm=algorithm, final_test=False).history
     assert off["test_n"].tolist() == [200, 200]
     pd.testing.assert_series_equal(off["server_acc"].iloc[:1], h["server_acc"].iloc[:1])
+    # the subset is measured in the last round too; the robustness column is the mean of the last five
+    assert h["subset_acc"].tolist() == pytest.approx(off["server_acc"].tolist(), abs=1e-9)
+    assert experiments.summary(res)["last5_subset_acc"] == pytest.approx(off["server_acc"].mean())
 
 
 def test_seeds_are_paired_across_methods_and_change_everything(splits) -> None:
@@ -226,3 +229,22 @@ def test_worker_processes_give_the_numbers_of_one_process(splits) -> None:
     assert here.history["server_acc"].tolist() == there.history["server_acc"].tolist()
     with pytest.raises(ValueError, match="workers must be an int >= 1"):
         experiments.compare(base, None, ["fedavg"], ["iid"], seeds=[0], workers=0)
+
+
+def test_lr_milestones_decay_the_local_lr_from_the_round_after_each_milestone(splits, monkeypatch) -> None:
+    cfg = RunConfig(lr=0.1, lr_milestones=(2, 4), lr_gamma=0.5)
+    assert [cfg.lr_at(r) for r in range(1, 6)] == [0.1, 0.1, 0.05, 0.05, 0.025]
+    seen: list[float] = []
+    real = engine.train.fit
+    monkeypatch.setattr(engine.train, "fit", lambda *a, **kw: seen.append(kw["lr"]) or real(*a, **kw))
+    decayed = _run(splits, algorithm="fedavg", lr_milestones=(1,), rounds=2)
+    assert seen == pytest.approx([0.05] * 4 + [0.005] * 4)  # 4 clients: round 1 at lr, round 2 at lr * 0.1
+    const = _run(splits, algorithm="fedavg", rounds=2)
+    drop = list(engine.TIMING_COLUMNS)
+    a, b = (r.history.drop(columns=drop) for r in (decayed, const))
+    pd.testing.assert_frame_equal(a.iloc[:1], b.iloc[:1])  # same until the milestone
+    assert not a.iloc[1:].equals(b.iloc[1:])
+    with pytest.raises(ValueError, match=r"lr_milestones must be rounds >= 1; got \[0\]"):
+        RunConfig(lr_milestones=[0])
+    with pytest.raises(ValueError, match=r"lr_gamma must be in \(0, 1\]; got 0"):
+        RunConfig(lr_gamma=0)

@@ -36,3 +36,12 @@ def test_a_curve_shorter_than_the_window_is_not_flat_and_unfinished_rounds_are_l
     assert not t["flat"].any() and (t["window"] == 6).all()
     more = pd.concat([h, h[(h.seed == 100) & (h["round"] == 6)].assign(round=7)])  # seed 100 is a round ahead
     assert (pilot.slopes(more, window=10)["rounds"] == 6).all()
+
+
+def test_a_reported_run_is_checked_on_its_fixed_subset_not_on_the_whole_test_part_of_its_last_round() -> None:
+    h = curves(0.0, 0.0, rounds=12)
+    last = h["round"] == 12
+    reported = h.assign(subset_acc=h["server_acc"], server_acc=h["server_acc"].where(~last, 0.9))  # last: whole part
+    t = pilot.slopes(reported, window=10)
+    assert t["flat"].all() and t["acc_last"].tolist() == pytest.approx([50.0, 50.0])
+    assert not pilot.slopes(reported.drop(columns="subset_acc"), window=10)["flat"].any()  # the jump would count

@@ -80,7 +80,7 @@ def test_failed_notebook_exits_nonzero_and_keeps_the_error(nbdir: Path) -> None:
 
 def test_shipped_profiles_are_valid() -> None:
     profiles = reproduce.load_profiles()
-    assert {"smoke", "fmnist", "paper"} <= set(profiles)
+    assert {"smoke", "quick", "fmnist", "paper"} <= set(profiles)
     for name in profiles:
         jobs = reproduce.plan(name, profiles)
         assert jobs and all(j.parameters["profile"] == name for j in jobs)

@@ -226,6 +226,8 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
                 extra = strategy.aggregate(fed, rnd, uploads)
             test = fed.test_for(rnd)
             server_acc = train.evaluate(strategy.server_model, test.x, test.y, device=fed.device, amp=fed.amp)
+            subset_acc = server_acc if test is fed.test else train.evaluate(
+                strategy.server_model, fed.test.x, fed.test.y, device=fed.device, amp=fed.amp)  # fmt: skip
             server_s = time.perf_counter() - t_s
             up, down = sum(s["up"] for s in stats), sum(s["down"] for s in stats)
             cum_up, cum_down = cum_up + up, cum_down + down
@@ -236,6 +238,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
                     "round": rnd,
                     "server_acc": server_acc,
                     "test_n": len(test.y),
+                    "subset_acc": subset_acc,
                     "client_acc_mean": float(pd.Series([s["acc"] for s in stats], dtype=float).mean()),
                     **extra,
                     "participants": len(active),
