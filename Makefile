@@ -1,9 +1,11 @@
 # Two commands do everything, each doing its own set-up (venv, packages, data):
 #   make test                      unit tests + every notebook under nbmake (small defaults)
-#   make reproduce [PROFILE=...]   every notebook through papermill with a profile (default: fmnist)
+#   make reproduce [PROFILE=...]   every notebook through papermill with a profile (default: fmnist);
+#                                  ARGS="--resume" continues interrupted runs, ARGS="--only 03" one notebook
 # Other targets: make setup | data | browser | lint | lab | clean
 
 PROFILE ?= fmnist
+ARGS ?=
 LAB_IP ?= 127.0.0.1
 LAB_PORT ?= 8888
 PYTHON ?= python3
@@ -48,7 +50,7 @@ test: setup browser
 
 reproduce: setup
 	$(FLWR_ENV) FLWR_HOME=$$(mktemp -d) PATH="$(abspath $(VENV))/bin:$$PATH" \
-	  scripts/loopback.sh $(PY) -m reft.reproduce --profile $(PROFILE)
+	  scripts/loopback.sh $(PY) -m reft.reproduce --profile $(PROFILE) $(ARGS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check reft tests notebooks scripts

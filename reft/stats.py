@@ -101,3 +101,20 @@ def versus(
                         "reference": reference, "seeds": d.n, "diff_mean": d.mean, "diff_ci_low": d.low,
                         "diff_ci_high": d.high, "verdict": d.verdict})  # fmt: skip
     return pd.DataFrame(out)
+
+
+def seeds_to_decide(
+    diffs: Sequence[float], level: float = 0.95, margin: float = MARGIN, max_n: int = 1000
+) -> int | None:
+    """How many paired seeds would decide a comparison, if the per-seed differences ``diffs`` kept their
+    mean and sd: the smallest n whose t-interval gives a verdict other than inconclusive (a planning
+    estimate, not a result). ``None``: not within ``max_n`` (the mean sits on the margin)."""
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2:
+        raise ValueError(f"Need at least two per-seed differences; got {len(d)}.")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    for n in range(2, max_n + 1):
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n))
+        if verdict(mean - half, mean + half, margin) != "inconclusive":
+            return n
+    return None

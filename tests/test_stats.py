@@ -60,3 +60,18 @@ def test_versus_pairs_on_the_seed() -> None:
     v = stats.versus(rows, "reft").iloc[0]
     assert v["method"] == "fedavg" and v["seeds"] == 3
     assert v["diff_mean"] == pytest.approx(0.03) and v["verdict"] == "better"
+
+
+def test_seeds_to_decide_is_the_first_n_whose_interval_decides() -> None:
+    import numpy as np
+    from scipy import stats as sc
+
+    d = [0.02, 0.03, 0.01, 0.04, 0.0]  # mean 0.02, sd 0.0158: half-width 0.0196 at 5 seeds, 0.0251 at 4
+    assert stats.paired([0.0] * 5, d).verdict == "better" and stats.seeds_to_decide(d) == 5
+    e = [0.01, -0.005, 0.02, -0.01, 0.005]  # mean 0.004: "on par" once the interval fits in +-1 point
+    n, mean, sd = stats.seeds_to_decide(e), np.mean(e), np.std(e, ddof=1)
+    half = lambda k: sc.t.ppf(0.975, k - 1) * sd / np.sqrt(k)  # noqa: E731
+    assert n > 5 and mean + half(n) <= 0.01 < mean + half(n - 1)
+    assert stats.seeds_to_decide([0.01, 0.01 + 1e-9, 0.01 - 1e-9], max_n=50) is None  # on the margin
+    with pytest.raises(ValueError, match="at least two"):
+        stats.seeds_to_decide([0.01])
