@@ -108,7 +108,7 @@ def seeds_to_decide(
 ) -> int | None:
     """How many paired seeds would decide a comparison, if the per-seed differences ``diffs`` kept their
     mean and sd: the smallest n whose t-interval gives a verdict other than inconclusive (a planning
-    estimate, not a result). ``None``: not within ``max_n`` (the mean sits on the margin)."""
+    estimate, not a result). ``None``: not within ``max_n``."""
     d = np.asarray(diffs, dtype=float)
     if len(d) < 2:
         raise ValueError(f"Need at least two per-seed differences; got {len(d)}.")
