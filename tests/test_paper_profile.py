@@ -13,9 +13,10 @@ import pytest
 
 from reft import report, reproduce
 
+# one seed and no codec study: the CIFAR path is the same for every seed and codec
 SHRINK = dict(
     n_clients=4, private_size=160, public_size=64, test_size=64, rounds=1, local_epochs=1, distill_epochs=1,
-    partitions=["iid"],
+    partitions=["iid"], seeds=[0], codecs_up=[],
 )  # fmt: skip
 
 PATCH = """\
