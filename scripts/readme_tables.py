@@ -260,7 +260,11 @@ def run_times() -> str:
 
 
 # The front page's commands (and the quick profile between them), with each profile's measured notebook time
-COMMANDS = {"smoke": "make reproduce PROFILE=smoke", "quick": "make reproduce PROFILE=quick", "fmnist": "make reproduce"}
+COMMANDS = {
+    "smoke": "make reproduce PROFILE=smoke",
+    "quick": "make reproduce PROFILE=quick",
+    "fmnist": "make reproduce",
+}
 
 
 def run_profiles() -> str:
@@ -274,7 +278,8 @@ def run_profiles() -> str:
             commit = re.search(r"^- commit: (\w+)", record.read_text(), re.M) if record.is_file() else None
             n = len(t) - ("total" in t.index)
             measured = f"{t.loc['total', 'seconds']:.0f} s ({t.loc['total', 'seconds'] / 60:.1f} min), {n} notebooks"
-            where = f"[results/{profile}/RUN.md](results/{profile}/RUN.md)" + (f", commit {commit.group(1)}" if commit else "")
+            where = f"[results/{profile}/RUN.md](results/{profile}/RUN.md)"
+            where += f", commit {commit.group(1)}" if commit else ""
         else:
             measured, where = "not measured yet", "-"
         rows.append({"command": f"`{command}`", "profile": f"`{profile}`", "notebook time, measured": measured,
@@ -581,7 +586,7 @@ PAGES: dict[str, tuple[str, ...]] = {
     "docs/performance.md": ("bench", "bf16", "amp-check", "step-costs", "run-times"),
 }
 PAGE_OF = {name: page for page, names in PAGES.items() for name in names}
-assert sorted(PAGE_OF) == sorted(BLOCKS) and sum(map(len, PAGES.values())) == len(BLOCKS), "PAGES must place each block once"
+assert sorted(PAGE_OF) == sorted(BLOCKS) and sum(map(len, PAGES.values())) == len(BLOCKS), "place each block once"
 
 
 def render(text: str, names: tuple[str, ...] | None = None) -> str:
@@ -625,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.check:
                 path.write_text(new)
     if args.check and stale:
-        print(f"tables differ from results/ in {', '.join(stale)}: run python scripts/readme_tables.py", file=sys.stderr)
+        print(f"tables differ from results/ in {', '.join(stale)}: run scripts/readme_tables.py", file=sys.stderr)
         return 1
     return 0
 
