@@ -1,9 +1,11 @@
-"""Rebuild the README's result tables from the committed CSVs, so README and results/ cannot drift.
+"""Rebuild the result tables of README.md and docs/*.md from the committed CSVs, so pages and results/ cannot drift.
 
-Each generated table sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in README.md.
+Each generated table sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in the page that
+:data:`PAGES` names for it (README.md or a page under docs/).
 
     python scripts/readme_tables.py            # rewrite those blocks from results/<profile>/
-    python scripts/readme_tables.py --check    # exit 1 if any block differs (tests/test_readme.py)
+    python scripts/readme_tables.py --check    # exit 1 if any block of any page differs (tests/test_readme.py)
+    python scripts/readme_tables.py --list     # which page holds which block
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import pandas as pd
 from reft import stats
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 PROFILE = "fmnist"
 METHODS = {
     "reft": "REFT",
@@ -258,6 +259,34 @@ def run_times() -> str:
     )
 
 
+# The front page's commands (and the quick profile between them), with each profile's measured notebook time
+COMMANDS = {
+    "smoke": "make reproduce PROFILE=smoke",
+    "quick": "make reproduce PROFILE=quick",
+    "fmnist": "make reproduce",
+}
+
+
+def run_profiles() -> str:
+    """Each front-page command's measured notebook time, from results/<profile>/RUN.csv and the commit in its
+    RUN.md (written by reft.reproduce); "not measured yet" for a profile that has no run record."""
+    rows = []
+    for profile, command in COMMANDS.items():
+        run, record = RESULTS / profile / "RUN.csv", RESULTS / profile / "RUN.md"
+        if run.is_file():
+            t = pd.read_csv(run).set_index("notebook")
+            commit = re.search(r"^- commit: (\w+)", record.read_text(), re.M) if record.is_file() else None
+            n = len(t) - ("total" in t.index)
+            measured = f"{t.loc['total', 'seconds']:.0f} s ({t.loc['total', 'seconds'] / 60:.1f} min), {n} notebooks"
+            where = f"[results/{profile}/RUN.md](results/{profile}/RUN.md)"
+            where += f", commit {commit.group(1)}" if commit else ""
+        else:
+            measured, where = "not measured yet", "-"
+        rows.append({"command": f"`{command}`", "profile": f"`{profile}`", "notebook time, measured": measured,
+                     "record": where})  # fmt: skip
+    return markdown(pd.DataFrame(rows))
+
+
 def peer_fidelity() -> str:
     """scripts/peer_fidelity.py: the peers before/after the fidelity changes, paired seeds, full test set."""
     t = results("peer_fidelity")
@@ -491,7 +520,7 @@ def verdict_problems(text: str, versus: pd.DataFrame) -> list[str]:
         r = csv.loc[key]
         expected = stats.verdict(float(r["diff_ci_low"]), float(r["diff_ci_high"]))
         if row["verdict vs REFT"] != expected or r["verdict"] != expected:
-            problems.append(f"{key}: README says {row['verdict vs REFT']!r}, the rule gives {expected!r}")
+            problems.append(f"{key}: the table says {row['verdict vs REFT']!r}, the rule gives {expected!r}")
     return problems
 
 
@@ -505,13 +534,13 @@ def stands_problems(text: str, versus: pd.DataFrame) -> list[str]:
     for r in versus.itertuples(index=False):
         row = printed.get(r.partition)
         if row is None:
-            problems.append(f"{r.partition}: not in the README")
+            problems.append(f"{r.partition}: not in the table")
             continue
         want = column[stats.verdict(r.diff_ci_low, r.diff_ci_high)]
         name = re.escape(METHODS.get(r.method, r.method))
         where = [h for h, cell in row.items() if re.search(rf"(^|, ){name} \([+-]", cell)]
         if where != [want]:
-            problems.append(f"{(r.partition, r.method)}: README puts it under {where}, the rule gives {want!r}")
+            problems.append(f"{(r.partition, r.method)}: the table puts it under {where}, the rule gives {want!r}")
     return problems
 
 
@@ -524,11 +553,12 @@ def claim_problems(text: str, versus: pd.DataFrame) -> list[str]:
     for r in versus[versus["method"] == "fedavg"].itertuples(index=False):
         want = AS_CLAIM[FLIP[stats.verdict(r.diff_ci_low, r.diff_ci_high)]]
         if printed.get(r.partition) != want:
-            problems.append(f"{r.partition}: README says {printed.get(r.partition)!r}, the rule gives {want!r}")
+            problems.append(f"{r.partition}: the table says {printed.get(r.partition)!r}, the rule gives {want!r}")
     return problems
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
+    "run-profiles": run_profiles,
     "speedups": speedups,
     "peer-fidelity": peer_fidelity,
     "main-results": main_results,
@@ -545,31 +575,63 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "amp-check": amp_check,
     "step-costs": step_costs,
 }
+# Which page (relative to the repository root) holds which blocks; every block is in exactly one page
+PAGES: dict[str, tuple[str, ...]] = {
+    "README.md": ("run-profiles", "claims", "main-results"),
+    "docs/setup.md": ("tiers", "speedups"),
+    "docs/results.md": ("where-reft-stands", "gflops-by-tier", "selection"),
+    "docs/peers.md": ("peer-fidelity",),
+    "docs/codecs.md": ("codecs",),
+    "docs/flower.md": ("flower-parity",),
+    "docs/performance.md": ("bench", "bf16", "amp-check", "step-costs", "run-times"),
+}
+PAGE_OF = {name: page for page, names in PAGES.items() for name in names}
+assert sorted(PAGE_OF) == sorted(BLOCKS) and sum(map(len, PAGES.values())) == len(BLOCKS), "place each block once"
 
 
-def render(text: str) -> str:
-    """``text`` with every known block rebuilt; an unknown or missing block is an error."""
-    found = set(re.findall(r"<!-- BEGIN ([\w-]+) -->", text))
-    if found != set(BLOCKS):
-        raise ValueError(f"README blocks {sorted(found)} do not match the generators {sorted(BLOCKS)}.")
-    for name, make in BLOCKS.items():
-        block = f"<!-- BEGIN {name} -->\n{make()}\n<!-- END {name} -->"
+def render(text: str, names: tuple[str, ...] | None = None) -> str:
+    """``text`` with its blocks rebuilt. ``names``: the blocks it must hold, exactly (default: every block);
+    an unknown, missing or misplaced block is an error."""
+    names = tuple(BLOCKS) if names is None else names
+    found = re.findall(r"<!-- BEGIN ([\w-]+) -->", text)
+    if sorted(found) != sorted(names):
+        raise ValueError(f"blocks {sorted(found)} do not match the ones this page holds, {sorted(names)}.")
+    for name in names:
+        block = f"<!-- BEGIN {name} -->\n{BLOCKS[name]()}\n<!-- END {name} -->"
         text = re.sub(rf"<!-- BEGIN {name} -->.*?<!-- END {name} -->", lambda m, b=block: b, text, flags=re.S)
     return text
 
 
+def page_text(block: str) -> str:
+    """The current text of the page that holds ``block``."""
+    return (ROOT / PAGE_OF[block]).read_text()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if README differs from the CSVs")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a page's blocks differ from the CSVs")
+    ap.add_argument("--list", action="store_true", help="print which page holds which block")
     args = ap.parse_args(argv)
-    old = README.read_text()
-    new = render(old)
-    if args.check:
-        if new != old:
-            print("README tables differ from results/: run python scripts/readme_tables.py", file=sys.stderr)
-            return 1
+    if args.list:
+        for page, names in PAGES.items():
+            print(f"{page}: {', '.join(names)}")
         return 0
-    README.write_text(new)
+    stale = []
+    for page, names in PAGES.items():
+        path = ROOT / page
+        try:
+            old = path.read_text()
+            new = render(old, names)
+        except (OSError, ValueError) as e:
+            print(f"{page}: {e}", file=sys.stderr)
+            return 1
+        if new != old:
+            stale.append(page)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"tables differ from results/ in {', '.join(stale)}: run scripts/readme_tables.py", file=sys.stderr)
+        return 1
     return 0
 
 
