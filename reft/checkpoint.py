@@ -64,6 +64,7 @@ def directory(cfg: RunConfig) -> Path:
 AT_DEFAULT_NOT_FINGERPRINTED = {
     "codec_up": "fp32", "codec_down": "fp32", "momentum": 0.9, "weight_decay": 5e-4, "shards_per_client": 2,
     "min_size": 1, "max_share": None, "lr_milestones": (), "lr_gamma": 0.1,
+    "distill_lr_decay": False,
 }  # fmt: skip
 
 

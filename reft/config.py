@@ -206,6 +206,7 @@ class RunConfig:
     weighting: str | None = None  # None: the algorithm's own choice (uniform for FedDF and HeteroFL, as published)
     distill_epochs: int = 10
     distill_lr: float = 1e-3
+    distill_lr_decay: bool = False  # the server's distillation lr (REFT, FedDF) follows lr_milestones too
     distill_batch_size: int = 128
     val_fraction: float = 0.1
     patience: int = 2
@@ -254,6 +255,11 @@ class RunConfig:
     def lr_at(self, rnd: int) -> float:
         """The local learning rate of round ``rnd`` (1-based): ``lr`` times ``lr_gamma`` per milestone before it."""
         return self.lr * self.lr_gamma ** sum(m < rnd for m in self.lr_milestones)
+
+    def distill_lr_at(self, rnd: int) -> float:
+        """The server's distillation learning rate in round ``rnd``: ``distill_lr``, decayed like the local lr
+        when ``distill_lr_decay`` is set (so that every optimizer of the federation anneals together)."""
+        return self.distill_lr * (self.lr_at(rnd) / self.lr if self.distill_lr_decay else 1.0)
 
     def replace(self, **changes) -> RunConfig:
         """A validated copy with some fields changed."""

@@ -50,7 +50,7 @@ def base_config(args: argparse.Namespace) -> RunConfig:
         dataset=p.get("dataset", "fashion-mnist"), n_clients=p["n_clients"], public_size=p["public_size"],
         test_size=p["test_size"], max_ratio=p["max_ratio"], private_size=args.private_size,
         local_epochs=args.local_epochs, rounds=args.rounds, distill_epochs=args.distill_epochs,
-        lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma,
+        lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma, distill_lr_decay=args.distill_lr_decay,
         final_test=False, diagnostics_every=args.diagnostics_every, profile=PROFILE, resume=args.resume,
         checkpoint_every=1, progress=False,
     )  # fmt: skip
@@ -67,7 +67,7 @@ def partitions(values: list[str]) -> list[str | float]:
 def run(args: argparse.Namespace) -> None:
     base = base_config(args)
     keys = ("private_size", "public_size", "test_size", "local_epochs", "rounds", "distill_epochs", "n_clients",
-            "max_ratio", "lr", "lr_gamma")  # fmt: skip
+            "max_ratio", "lr", "lr_gamma", "distill_lr_decay")  # fmt: skip
     protocol = {k: getattr(base, k) for k in keys}
     protocol |= {
         "lr_milestones": list(base.lr_milestones),
@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--lr-milestones", type=int, nargs="*", default=[], help="rounds after which the local lr decays")
     ap.add_argument("--lr-gamma", type=float, default=0.1, help="the lr's factor at each milestone")
+    ap.add_argument("--distill-lr-decay", action="store_true", help="the server's distillation lr decays too")
     ap.add_argument("--distill-epochs", type=int, default=5, help="server distillation budget (REFT and FedDF)")
     ap.add_argument("--diagnostics-every", type=int, default=5, help="dead units, client accuracy every k rounds")
     ap.add_argument("--workers", type=int, default=2)

@@ -329,6 +329,7 @@ BAD_CONFIG = {
     "codec_up": (8, "int4"), "codec_down": (None, "bf16"),
     "momentum": ("0.9", 1.0), "weight_decay": ("x", -1.0), "shards_per_client": (2.5, 0), "min_size": ("1", 0),
     "max_share": ("half", 1.5), "lr_milestones": (5, [0]), "lr_gamma": ("0.1", 0.0),
+    "distill_lr_decay": ("yes", None),
 }  # fmt: skip
 
 

@@ -248,3 +248,18 @@ def test_lr_milestones_decay_the_local_lr_from_the_round_after_each_milestone(sp
         RunConfig(lr_milestones=[0])
     with pytest.raises(ValueError, match=r"lr_gamma must be in \(0, 1\]; got 0"):
         RunConfig(lr_gamma=0)
+
+
+@pytest.mark.parametrize("algorithm", ["reft", "feddf"])
+def test_distill_lr_decay_anneals_the_server_distillation_with_the_local_lr(splits, monkeypatch, algorithm) -> None:
+    from reft import distill
+
+    seen: list[float] = []
+    real = distill.distill
+    monkeypatch.setattr(distill, "distill", lambda *a, **kw: seen.append(kw["lr"]) or real(*a, **kw))
+    _run(splits, algorithm=algorithm, lr_milestones=(1,), distill_lr_decay=True)
+    per_round = len(seen) // 2  # FedDF distils every group model
+    assert seen == pytest.approx([1e-3] * per_round + [1e-4] * per_round)
+    seen.clear()
+    _run(splits, algorithm=algorithm, lr_milestones=(1,))  # off (default): the server keeps its lr
+    assert seen == pytest.approx([1e-3] * len(seen)) and seen

@@ -114,8 +114,9 @@ class FedDF(Strategy):
         flops = sum(fed.work_flops(t, len(fed.public_x)) for t in teachers)  # server work (test pass: diagnostic)
         for g, model in enumerate(self.groups.values()):
             res = distill.distill(
-                model, targets, fed.public_x, temperature=c.temperature, epochs=c.distill_epochs, lr=c.distill_lr,
-                batch_size=self.batch_size, val_fraction=c.val_fraction, patience=c.patience, schedule=self.schedule,
+                model, targets, fed.public_x, temperature=c.temperature, epochs=c.distill_epochs,
+                lr=c.distill_lr_at(rnd), batch_size=self.batch_size, val_fraction=c.val_fraction, patience=c.patience,
+                schedule=self.schedule,
                 clip_grad=self.clip_grad, seed=c.seed * 1000 + rnd * 10 + g, device=fed.device, amp=fed.amp,
             )  # fmt: skip
             epochs.append(res.best_epoch)

@@ -98,7 +98,7 @@ class REFT(Strategy):
                 student = fed.dense_model()
         res = distill.distill(
             student, targets, fed.public_x, select=self.select, temperature=c.temperature, epochs=c.distill_epochs,
-            lr=c.distill_lr, batch_size=c.distill_batch_size, val_fraction=c.val_fraction, patience=c.patience,
+            lr=c.distill_lr_at(rnd), batch_size=c.distill_batch_size, val_fraction=c.val_fraction, patience=c.patience,
             seed=c.seed * 1000 + rnd, device=fed.device, amp=fed.amp,
         )  # fmt: skip
         if prev is not None and self.version > 0:
