@@ -1,0 +1,57 @@
+"""reft.report's figure style: every algorithm has a display name and a colour of its own."""
+
+from __future__ import annotations
+
+import itertools
+
+import matplotlib
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgb
+
+from reft import report, strategies
+
+matplotlib.use("Agg")
+
+
+def test_every_registered_algorithm_has_a_name_and_a_colour():
+    missing = [k for k in strategies.ALGORITHMS if k not in report.METHODS]
+    assert not missing, f"add {missing} to reft.report.METHODS"
+    names = [report.method_name(k) for k in strategies.ALGORITHMS]
+    assert len(set(names)) == len(names)
+    assert report.method_name("fedavg-weakest") == "FedAvg (weakest model)" and report.method_name("reft") == "REFT"
+
+
+def test_colours_are_far_apart():
+    colours = {k: to_rgb(m.color) for k, m in report.METHODS.items()}
+    for (a, ca), (b, cb) in itertools.combinations(colours.items(), 2):
+        distance = sum((x - y) ** 2 for x, y in zip(ca, cb, strict=True)) ** 0.5 * 255
+        assert distance > 100, f"{a} and {b} look alike ({distance:.0f} apart in RGB)"
+    spare = [to_rgb(c) for c in report.SPARE_COLORS]
+    assert not set(spare) & set(colours.values())  # an unknown algorithm never takes a built-in's colour
+
+
+def test_an_unknown_algorithm_gets_its_key_and_a_stable_spare_colour():
+    m = report.method("my-algo")
+    assert m.name == "my-algo" and m.color in report.SPARE_COLORS and report.method("my-algo") == m
+
+
+def test_hue_order_is_fixed_whatever_the_data_order():
+    hue = report.method_hue(["my-algo", "heterofl", "reft", "fedavg", "reft"])
+    assert hue["hue_order"] == ["REFT", "FedAvg", "HeteroFL", "my-algo"]
+    assert hue["palette"]["REFT"] == report.METHODS["reft"].color
+    df = report.with_method_names(pd.DataFrame({"algorithm": ["feddf", "x"]}))
+    assert list(df["method"]) == ["FedDF", "x"]
+
+
+def test_accuracy_curves_plot_percent_with_display_names():
+    rows = [{"algorithm": a, "partition": p, "seed": s, "round": r, "server_acc": 0.1 * r + 0.01 * s,
+             "cum_mb": 2.0 * r + s} for a in ("fedavg", "reft") for p in ("iid", "dirichlet(0.5)")
+            for s in (0, 1) for r in (1, 2, 3)]  # fmt: skip
+    grid = report.accuracy_curves(pd.DataFrame(rows), "cum_mb", "cumulative MB", col="partition", target=0.2)
+    ax = grid.axes.flat[0]
+    assert [t.get_text() for t in grid.legend.texts] == ["REFT", "FedAvg"]
+    assert ax.get_ylabel() == "server test accuracy (%)" and ax.get_xscale() == "log"
+    ys = [y for line in ax.lines for y in line.get_ydata()]
+    assert max(ys) == pytest.approx(100 * 0.305) and 20.0 in ys  # percent: the mean of seeds 0, 1; the target
+    assert [a.get_title() for a in grid.axes.flat] == ["iid", "dirichlet(0.5)"]
