@@ -21,7 +21,7 @@ from typing import NamedTuple
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 FIG_FORMATS = ("png", "pdf")
 
@@ -90,11 +90,11 @@ class Method(NamedTuple):
 METHODS: dict[str, Method] = {
     "reft": Method("REFT", "#0072B2"),  # blue
     "fedavg": Method("FedAvg", "#E69F00"),  # orange
-    "fedavg-weakest": Method("FedAvg (weakest model)", "#56B4E9"),  # sky blue
+    "fedavg-weakest": Method("FedAvg (weakest model)", "#000000"),  # black (sky blue is too close to REFT's)
     "feddf": Method("FedDF", "#009E73"),  # bluish green
     "heterofl": Method("HeteroFL", "#CC79A7"),  # reddish purple
 }
-SPARE_COLORS = ("#D55E00", "#000000", "#F0E442", "#8C564B", "#7F7F7F")  # vermillion, black, yellow, brown, grey
+SPARE_COLORS = ("#D55E00", "#56B4E9", "#F0E442", "#8C564B", "#7F7F7F")  # vermillion, sky blue, yellow, brown, grey
 
 
 def method(key: str) -> Method:
@@ -131,7 +131,8 @@ def with_method_names(df: pd.DataFrame, column: str = "algorithm", to: str = "me
 
 
 def plain_log_axis(axis) -> None:
-    """Write a log axis's ticks as plain numbers (0.1, 3, 30) instead of powers of ten."""
+    """Ticks of a log axis at 1 and 3 x 10^k, written as plain numbers (0.1, 3, 30), not powers of ten."""
+    axis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 

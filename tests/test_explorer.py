@@ -112,6 +112,30 @@ def test_widgets_update_in_place_and_reuse_the_cache(ex):
     assert "tier table not loaded" in status.value
 
 
+def test_a_moved_widget_replaces_the_static_figure_once(ex):
+    pytest.importorskip("ipywidgets")
+
+    class Handle:  # what display(fig, display_id=True) returns in a notebook
+        def __init__(self):
+            self.updates = []
+
+        def update(self, obj):
+            self.updates.append(obj)
+
+    static = Handle()
+    ui = explorer.build_ui(ex, "cnn", "phone", 0.5, "deadline", static=static)
+    assert static.updates == []  # building the widgets leaves the static figure alone
+    ratio = {getattr(w, "description", ""): w for w in _walk(ui)}["pruning ratio"]
+    ratio.value = 0.6
+    assert len(static.updates) == 1 and "r=0.50" in static.updates[0].data
+    assert "reft-static-replaced" in static.updates[0].data
+    ratio.value = 0.5
+    assert len(static.updates) == 1  # replaced once, not on every move
+    fig = ex.figure("cnn", 0.6, "phone")
+    acc_axis = fig.axes[0]
+    assert "(%)" in acc_axis.get_ylabel() or any("missing" in t.get_text() for t in acc_axis.texts)
+
+
 def _walk(widget):
     yield widget
     for child in getattr(widget, "children", ()):

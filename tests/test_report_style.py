@@ -22,13 +22,27 @@ def test_every_registered_algorithm_has_a_name_and_a_colour():
     assert report.method_name("fedavg-weakest") == "FedAvg (weakest model)" and report.method_name("reft") == "REFT"
 
 
+def _lab(colour: str) -> tuple[float, float, float]:
+    """CIE L*a*b* (D65) of an sRGB colour."""
+    lin = [u / 12.92 if u <= 0.04045 else ((u + 0.055) / 1.055) ** 2.4 for u in to_rgb(colour)]
+    xyz = [sum(m * u for m, u in zip(row, lin, strict=True)) / w for row, w in zip(
+        [(0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1192, 0.9505)], (0.95047, 1.0, 1.08883),
+        strict=True)]  # fmt: skip
+    fx, fy, fz = (t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in xyz)
+    return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+
+def delta_e(a: str, b: str) -> float:
+    """CIE76 colour difference: about 2 is just noticeable; seaborn's two oranges (#DE8F05, #D55E00) are 26."""
+    return sum((x - y) ** 2 for x, y in zip(_lab(a), _lab(b), strict=True)) ** 0.5
+
+
 def test_colours_are_far_apart():
-    colours = {k: to_rgb(m.color) for k, m in report.METHODS.items()}
-    for (a, ca), (b, cb) in itertools.combinations(colours.items(), 2):
-        distance = sum((x - y) ** 2 for x, y in zip(ca, cb, strict=True)) ** 0.5 * 255
-        assert distance > 100, f"{a} and {b} look alike ({distance:.0f} apart in RGB)"
-    spare = [to_rgb(c) for c in report.SPARE_COLORS]
-    assert not set(spare) & set(colours.values())  # an unknown algorithm never takes a built-in's colour
+    assert delta_e("#DE8F05", "#D55E00") < 30  # the pair that looked alike in notebook 03 before
+    for (a, ma), (b, mb) in itertools.combinations(report.METHODS.items(), 2):
+        d = delta_e(ma.color, mb.color)
+        assert d > 45, f"{a} and {b} look alike (delta E {d:.0f})"
+    assert not set(report.SPARE_COLORS) & {m.color for m in report.METHODS.values()}  # unknowns take no built-in's
 
 
 def test_an_unknown_algorithm_gets_its_key_and_a_stable_spare_colour():
