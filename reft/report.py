@@ -71,9 +71,14 @@ def save_figure(fig: plt.Figure, name: str, profile: str = "interactive") -> lis
     ]
 
 
+# Okabe & Ito's colour-blind-safe palette (https://jfly.uni-koeln.de/color/), ordered so that the first four
+# colours of any figure differ in hue and lightness (seaborn's "colorblind" has two oranges at 2 and 4)
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+
+
 def set_style() -> None:
     """The house style of every figure."""
-    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    sns.set_theme(context="notebook", style="whitegrid", palette=list(PALETTE))
 
 
 class Method(NamedTuple):
@@ -83,10 +88,9 @@ class Method(NamedTuple):
     color: str
 
 
-# Okabe & Ito's colour-blind-safe palette (https://jfly.uni-koeln.de/color/), one colour per method for good,
-# so a method looks the same in every figure. Add your own algorithm with
-# ``report.METHODS["mine"] = report.Method("Mine", "#D55E00")``; without that it is shown by its key in a
-# spare colour.
+# One colour per method for good (from :data:`PALETTE`), so a method looks the same in every figure. Add your
+# own algorithm with ``report.METHODS["mine"] = report.Method("Mine", "#D55E00")``; without that it is shown by
+# its key in a spare colour.
 METHODS: dict[str, Method] = {
     "reft": Method("REFT", "#0072B2"),  # blue
     "fedavg": Method("FedAvg", "#E69F00"),  # orange

@@ -43,6 +43,8 @@ def test_colours_are_far_apart():
         d = delta_e(ma.color, mb.color)
         assert d > 45, f"{a} and {b} look alike (delta E {d:.0f})"
     assert not set(report.SPARE_COLORS) & {m.color for m in report.METHODS.values()}  # unknowns take no built-in's
+    for a, b in itertools.combinations(report.PALETTE[:4], 2):  # any figure's first four hues (variants, codecs)
+        assert delta_e(a, b) > 45, f"{a} and {b} look alike"
 
 
 def test_an_unknown_algorithm_gets_its_key_and_a_stable_spare_colour():
