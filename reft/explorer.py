@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -298,7 +299,7 @@ def build_ui(
     policy: str = "deadline",
     deadline_s: float | None = None,
     tiers_file: str | None = None,
-    static=None,
+    static: Any = None,
 ):
     """The explorer's widgets (ipywidgets): model, tier table, tier, policy, deadline and ratio; the
     numbers, the per-tier table and the figure update in place, numbers first. ``static``: the display
