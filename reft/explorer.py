@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,7 +233,9 @@ class Explorer:
         fig, (ax_acc, ax_t) = plt.subplots(1, 2, figsize=(12, 3.6))
         acc, note = self.curve(model)
         if acc is None:
-            ax_acc.text(0.5, 0.5, note, ha="center", va="center", wrap=True, fontsize=8, transform=ax_acc.transAxes)
+            note = textwrap.fill(note, 60)  # inside the axes
+            ax_acc.text(0.5, 0.5, note, ha="center", va="center", fontsize=8, transform=ax_acc.transAxes)
+            ax_acc.set_yticks([])
         else:
             for method, g in acc.groupby("method", sort=False):
                 g = g.sort_values("ratio")

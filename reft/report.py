@@ -158,7 +158,7 @@ def accuracy_curves(
     h = per_round_mean(h, x, [by, *([col] if col else [])])
     grid = sns.relplot(
         data=h, x=x, y="acc", hue="method", col=col, kind="line", marker="o", errorbar=("ci", 95),
-        height=3.3, aspect=1.15, facet_kws={"sharex": False}, **method_hue(history[by]),
+        height=3.3, aspect=1.15 if col else 1.6, facet_kws={"sharex": False}, **method_hue(history[by]),
     )  # fmt: skip
     grid.set(xlabel=xlabel, ylabel="server test accuracy (%)")
     grid.set_titles("{col_name}" if col else "")

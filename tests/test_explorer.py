@@ -131,9 +131,17 @@ def test_a_moved_widget_replaces_the_static_figure_once(ex):
     assert "reft-static-replaced" in static.updates[0].data
     ratio.value = 0.5
     assert len(static.updates) == 1  # replaced once, not on every move
-    fig = ex.figure("cnn", 0.6, "phone")
-    acc_axis = fig.axes[0]
-    assert "(%)" in acc_axis.get_ylabel() or any("missing" in t.get_text() for t in acc_axis.texts)
+
+
+def test_figure_shows_accuracy_in_percent(tmp_path, one_thread):
+    dense = int(costs.at_ratios(explorer.Explorer().net("cnn"), X, [0.0])["params"].iloc[0])
+    rows = [(0.0, "scratch", "-", 0.90), (0.5, "scratch", "-", 0.80)]
+    df = pd.DataFrame(rows, columns=["ratio", "method", "importance", "accuracy"]).assign(params=dense)
+    df.to_csv(tmp_path / "acc.csv", index=False)
+    ex = explorer.Explorer(accuracy_csv=tmp_path / "acc.csv", latency_batch=4, samples=100, epochs=1)
+    ax = ex.figure("cnn", 0.5, "phone").axes[0]
+    curve = next(line for line in ax.lines if line.get_label() == "trained from scratch")
+    assert list(curve.get_ydata()) == pytest.approx([90.0, 80.0]) and "(%)" in ax.get_ylabel()
 
 
 def _walk(widget):
