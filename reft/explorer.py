@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import html
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -33,6 +35,7 @@ NUM_CLASSES = 10
 REPO = Path(__file__).resolve().parents[1]
 CURVE_METHODS = ("pruned+finetuned", "scratch")  # the curves shown (the first importance of notebook 01)
 _CURVE_COLUMNS = {"ratio", "method", "importance", "accuracy", "params"}
+_CURVE_LABELS = {"pruned+finetuned": "pruned + fine-tuned", "scratch": "trained from scratch"}
 
 
 def load_accuracy(path: str | Path | None) -> tuple[pd.DataFrame | None, str]:
@@ -230,12 +233,15 @@ class Explorer:
         fig, (ax_acc, ax_t) = plt.subplots(1, 2, figsize=(12, 3.6))
         acc, note = self.curve(model)
         if acc is None:
-            ax_acc.text(0.5, 0.5, note, ha="center", va="center", wrap=True, fontsize=8, transform=ax_acc.transAxes)
+            note = textwrap.fill(note, 60)  # inside the axes
+            ax_acc.text(0.5, 0.5, note, ha="center", va="center", fontsize=8, transform=ax_acc.transAxes)
+            ax_acc.set_yticks([])
         else:
             for method, g in acc.groupby("method", sort=False):
                 g = g.sort_values("ratio")
-                ax_acc.plot(g["ratio"], g["accuracy"], "o-" if method == "scratch" else "s-", label=method, ms=4)
-            ax_acc.set(ylabel="test accuracy (committed run)")
+                label = _CURVE_LABELS.get(method, method)
+                ax_acc.plot(g["ratio"], 100 * g["accuracy"], "o-" if method == "scratch" else "s-", label=label, ms=4)
+            ax_acc.set(ylabel="test accuracy (%), notebook 01's run")
         ax_acc.axvline(ratio, color="k", lw=1.5, label=f"your ratio {ratio:.2f}")
         ax_acc.axvline(chosen[tier].ratio, color="tab:red", ls="--", lw=1, label=f"{policy} policy for {tier}")
         ax_acc.set(xlabel="pruning ratio r", xlim=(-0.02, 1.0), title=f"{model}: accuracy vs ratio")
@@ -296,11 +302,14 @@ def build_ui(
     policy: str = "deadline",
     deadline_s: float | None = None,
     tiers_file: str | None = None,
+    static: Any = None,
 ):
     """The explorer's widgets (ipywidgets): model, tier table, tier, policy, deadline and ratio; the
-    numbers, the per-tier table and the figure update in place, numbers first."""
+    numbers, the per-tier table and the figure update in place, numbers first. ``static``: the display
+    handle of a static figure shown before (``display(fig, display_id=True)``); the first move of a widget
+    replaces it by a note, so that no figure on the page shows an outdated choice."""
     import ipywidgets as w
-    from IPython.display import display
+    from IPython.display import HTML, display
 
     tier = tier or str(ex.tiers.index[-1])
     auto = ex.policy(model, "deadline", None)
@@ -322,7 +331,14 @@ def build_ui(
     status = w.HTML().add_class("reft-explorer-status")
     plot = w.Output()
 
-    def update(*_) -> None:
+    def update(change=None) -> None:
+        nonlocal static
+        if change is not None and static is not None:  # a widget moved: the static figure is out of date
+            static.update(HTML(
+                f"<p class='reft-static-replaced'><i>This was the figure for r={ratio:.2f}; the explorer below "
+                "now draws the figure of the choice you make there.</i></p>"
+            ))  # fmt: skip
+            static = None
         t0 = time.perf_counter()
         m, r, p, d = model_w.value, ratio_w.value, policy_w.value, deadline_w.value
         cached = ex.is_measured(m, r)
@@ -352,7 +368,7 @@ def build_ui(
         keep = tier_w.value if tier_w.value in ex.tiers.index else str(ex.tiers.index[-1])
         with tier_w.hold_trait_notifications():
             tier_w.options, tier_w.value = list(ex.tiers.index), keep
-        update()
+        update(change)
 
     def use_policy(_) -> None:
         ratio_w.value = ex.policy(model_w.value, policy_w.value, deadline_w.value)[tier_w.value].ratio

@@ -18,17 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from reft import stats
+from reft import report, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = "fmnist"
-METHODS = {
-    "reft": "REFT",
-    "fedavg": "FedAvg",
-    "fedavg-weakest": "FedAvg (weakest model)",
-    "feddf": "FedDF",
-    "heterofl": "HeteroFL",
-}
+METHODS = {key: m.name for key, m in report.METHODS.items()}  # the display names every figure uses too
 # 03_versus.csv holds method - REFT; REFT's own verdict against the method is the flipped one
 FLIP = {"better": "worse", "worse": "better", "on par": "on par", "inconclusive": "inconclusive"}
 # REFT's verdict against FedAvg, as the claims table words it

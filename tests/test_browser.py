@@ -225,6 +225,8 @@ def test_explorer_answers_its_slider(lab: Lab, browser: webdriver.Chrome) -> Non
     new_s, moved = time.perf_counter() - t0, readout.text
     wait.until(lambda d: "figure in" in status.text)  # the kernel is done with this move
     assert moved != start and f"r={float(moved):.2f}" in numbers.text and "measured now" in status.text
+    replaced = _outputs(browser, ".reft-static-replaced")  # the static figure, now out of date, gave way to a note
+    assert replaced and f"r={float(start):.2f}" in replaced[0].text
 
     handle.send_keys(Keys.ARROW_LEFT)  # back to a ratio measured before: cached latency
     t0 = time.perf_counter()

@@ -112,6 +112,38 @@ def test_widgets_update_in_place_and_reuse_the_cache(ex):
     assert "tier table not loaded" in status.value
 
 
+def test_a_moved_widget_replaces_the_static_figure_once(ex):
+    pytest.importorskip("ipywidgets")
+
+    class Handle:  # what display(fig, display_id=True) returns in a notebook
+        def __init__(self):
+            self.updates = []
+
+        def update(self, obj):
+            self.updates.append(obj)
+
+    static = Handle()
+    ui = explorer.build_ui(ex, "cnn", "phone", 0.5, "deadline", static=static)
+    assert static.updates == []  # building the widgets leaves the static figure alone
+    ratio = {getattr(w, "description", ""): w for w in _walk(ui)}["pruning ratio"]
+    ratio.value = 0.6
+    assert len(static.updates) == 1 and "r=0.50" in static.updates[0].data
+    assert "reft-static-replaced" in static.updates[0].data
+    ratio.value = 0.5
+    assert len(static.updates) == 1  # replaced once, not on every move
+
+
+def test_figure_shows_accuracy_in_percent(tmp_path, one_thread):
+    dense = int(costs.at_ratios(explorer.Explorer().net("cnn"), X, [0.0])["params"].iloc[0])
+    rows = [(0.0, "scratch", "-", 0.90), (0.5, "scratch", "-", 0.80)]
+    df = pd.DataFrame(rows, columns=["ratio", "method", "importance", "accuracy"]).assign(params=dense)
+    df.to_csv(tmp_path / "acc.csv", index=False)
+    ex = explorer.Explorer(accuracy_csv=tmp_path / "acc.csv", latency_batch=4, samples=100, epochs=1)
+    ax = ex.figure("cnn", 0.5, "phone").axes[0]
+    curve = next(line for line in ax.lines if line.get_label() == "trained from scratch")
+    assert list(curve.get_ydata()) == pytest.approx([90.0, 80.0]) and "(%)" in ax.get_ylabel()
+
+
 def _walk(widget):
     yield widget
     for child in getattr(widget, "children", ()):
