@@ -22,6 +22,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -134,6 +135,48 @@ def stamp_path(job: Job, profile: str) -> Path:
     return report.results_dir(profile) / "notebooks" / f"{job.name}.done.json"
 
 
+def partial_path(job: Job, profile: str) -> Path:
+    return report.results_dir(profile) / "notebooks" / f"{job.name}.partial.json"
+
+
+class Clock:
+    """A notebook's run time across interruptions: while it runs, the seconds so far (earlier interrupted
+    executions of the same fingerprint included) are written to ``NAME.partial.json`` every ``every`` seconds,
+    so a killed run leaves its time behind and the resumed one adds to it."""
+
+    def __init__(self, path: Path, fp: str, every: float = 30.0) -> None:
+        self.path, self.fp, self.every = path, fp, every
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        self.before = float(old.get("seconds", 0.0)) if old.get("fingerprint") == fp else 0.0
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.t0
+
+    def _write(self) -> None:
+        doc = {"fingerprint": self.fp, "seconds": round(self.seconds(), 1)}
+        report.atomic_write(self.path, lambda p: p.write_text(json.dumps(doc)))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> Clock:
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc[0] is None:
+            self.path.unlink(missing_ok=True)  # finished: its time goes into the stamp
+        else:
+            self._write()
+
+
 class Terminal:
     """Where a kernel's printed output goes while papermill runs it: this terminal, above papermill's cell bar
     (``tqdm.write`` clears and redraws it). The kernels print progress as plain lines (``REFT_PROGRESS=lines``,
@@ -180,26 +223,29 @@ def _run(profile: str, jobs: list[Job], force: bool) -> int:
         stamp_path(job, profile).unlink(missing_ok=True)
         out = executed_dir / job.notebook.name
         print(f"[run ] {job.name} with {job.parameters}")
-        t0 = time.perf_counter()
+        clock = Clock(partial_path(job, profile), fp)
         try:
-            papermill.execute_notebook(
-                str(job.notebook), str(out), parameters=job.parameters, cwd=str(job.notebook.parent), progress_bar=True,
-                stdout_file=Terminal(sys.stdout), stderr_file=Terminal(sys.stderr),
-            )  # fmt: skip
+            with clock:
+                papermill.execute_notebook(
+                    str(job.notebook), str(out), parameters=job.parameters, cwd=str(job.notebook.parent),
+                    progress_bar=True, stdout_file=Terminal(sys.stdout), stderr_file=Terminal(sys.stderr),
+                )  # fmt: skip
         except papermill.PapermillExecutionError as e:
             print(f"[FAIL] {job.name}: {e.ename}: {e.evalue}\n       the executed copy shows the error: {out}")
             return 1
-        seconds = time.perf_counter() - t0
+        seconds = clock.seconds()
         root = report.root()
         done = {
             "fingerprint": fp,
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 1),  # earlier interrupted executions included (Clock)
+            "interrupted_s": round(clock.before, 1),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "parameters": job.parameters,
             "outputs": [p.relative_to(root).as_posix() for p in outputs_of(job, profile)],
         }
         report.atomic_write(stamp_path(job, profile), lambda p, d=done: p.write_text(json.dumps(d, indent=1)))
-        print(f"[done] {job.name} in {seconds:.0f} s")
+        print(f"[done] {job.name} in {seconds:.0f} s" + (f" ({clock.before:.0f} s of them before an interruption)"
+                                                          if clock.before else ""))  # fmt: skip
     write_run_record(profile, jobs)
     print(f"Profile {profile!r} complete in {time.perf_counter() - t_all:.0f} s; see {report.results_dir(profile)}")
     return 0
@@ -248,11 +294,23 @@ def write_run_record(profile: str, jobs: list[Job]) -> Path:
             "| --- | --- | --- |",
             *rows,
             "",
-            f"Total notebook time: {total:.0f} s (each notebook's last complete run).",
+            f"Total notebook time: {total:.0f} s (each notebook's last complete run, with the time of earlier"
+            " interrupted executions it resumed from).",
             "",
         ]
     )
     return report.atomic_write(report.results_dir(profile) / "RUN.md", lambda p: p.write_text(text))
+
+
+def measured(profile: str) -> str:
+    """`` [measured: N s of notebook time, RUN.md]`` from the profile's run record, or ``""`` without one."""
+    path = report.results_dir(profile) / "RUN.csv"
+    if not path.is_file():
+        return " [not measured yet]"
+    import pandas as pd
+
+    t = pd.read_csv(path).set_index("notebook")["seconds"]
+    return f" [measured: {t['total']:.0f} s ({t['total'] / 3600:.1f} h) of notebook time, {len(t) - 1} notebooks]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = load_profiles()
     if args.list:
         for name, spec in profiles.items():
-            print(f"{name:8s} {(spec or {}).get('description', '')}")
+            print(f"{name:8s} {(spec or {}).get('description', '')}{measured(name)}")
         return 0
     try:
         jobs = plan(args.profile, profiles, args.only)  # everything validated before anything runs

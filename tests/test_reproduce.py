@@ -106,3 +106,35 @@ def test_progress_of_a_notebook_streams_to_the_terminal(nbdir: Path, capsys: pyt
     out = capsys.readouterr().out
     assert "  steps: 1/3 [" in out and "  steps: 3/3 [" in out
     assert "REFT_PROGRESS" not in os.environ  # restored after the run
+
+
+def test_an_interrupted_notebooks_time_is_kept_and_added_when_it_resumes(nbdir: Path, capsys) -> None:
+    (job,) = reproduce.plan("tiny", PROFILES)
+    fp = reproduce.fingerprint(job, reproduce.code_fingerprint())
+    partial = reproduce.partial_path(job, "tiny")
+    partial.parent.mkdir(parents=True)
+    # what a killed execution of the same notebook and parameters leaves behind (its heartbeat)
+    partial.write_text(json.dumps({"fingerprint": fp, "seconds": 1000.0}))
+    assert reproduce.run("tiny", [job]) == 0
+    stamp = json.loads(reproduce.stamp_path(job, "tiny").read_text())
+    assert stamp["interrupted_s"] == 1000.0 and 1000.0 < stamp["seconds"] < 1000.0 + 300
+    assert not partial.exists() and "1000 s of them before an interruption" in capsys.readouterr().out
+    assert pd.read_csv(report.results_dir("tiny") / "RUN.csv")["seconds"].iloc[-1] == stamp["seconds"]
+    assert "measured:" in reproduce.measured("tiny") and reproduce.measured("other") == " [not measured yet]"
+
+    partial.write_text(json.dumps({"fingerprint": "another run", "seconds": 1000.0}))  # other parameters or code
+    assert reproduce.run("tiny", [job], force=True) == 0
+    assert json.loads(reproduce.stamp_path(job, "tiny").read_text())["interrupted_s"] == 0.0
+
+
+def test_the_clock_writes_its_heartbeat_while_a_notebook_runs(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "x.partial.json"
+    with reproduce.Clock(path, "fp", every=0.05):
+        time.sleep(0.3)
+        assert json.loads(path.read_text())["seconds"] >= 0.1  # a kill now would leave this behind
+    assert not path.exists()
+    with pytest.raises(KeyboardInterrupt), reproduce.Clock(path, "fp", every=0.05):
+        raise KeyboardInterrupt
+    assert json.loads(path.read_text())["fingerprint"] == "fp"  # interrupted: kept for the resumed run
