@@ -60,6 +60,9 @@ def test_run_config_round_trip():
     back, opts = fconfig.from_user_config(user)
     assert back == cfg.replace(widths=[8, 16, 32, 32])
     assert back.deadline_s is None and back.tier_mix == TIERS and opts.round_timeout == 7.0
+    decayed = _tiny(lr_milestones=(8, 13), distill_lr_decay=True)  # a sequence of ints travels comma-joined
+    assert fconfig.to_user_config(decayed)["lr-milestones"] == "8,13"
+    assert fconfig.from_user_config(fconfig.to_user_config(decayed))[0] == decayed
     weighted = fconfig.from_user_config(fconfig.to_user_config(_tiny(tier_mix={"laptop": 1.0, "phone": 2.0})))[0]
     assert weighted.tier_mix == {"laptop": 1.0, "phone": 2.0}
 

@@ -68,7 +68,7 @@ def to_user_config(cfg: RunConfig, options: FlowerOptions | None = None) -> dict
                 value = ",".join(f"{t}:{w:g}" for t, w in value.items())
             else:
                 value = ",".join(value) if not isinstance(value, str) else value
-        elif f.name == "widths":
+        elif f.name in INT_LISTS:
             value = ",".join(str(int(w)) for w in value)
         elif isinstance(value, bool) and py is str:
             value = "true" if value else "false"
@@ -76,6 +76,10 @@ def to_user_config(cfg: RunConfig, options: FlowerOptions | None = None) -> dict
     for k, v in asdict(options or FlowerOptions()).items():
         out[_key(k)] = v
     return out
+
+
+# RunConfig fields that are sequences of ints: comma-joined in Flower's flat run config, rebuilt as this type
+INT_LISTS = {"widths": list, "lr_milestones": tuple}
 
 
 def from_user_config(user: Mapping[str, object]) -> tuple[RunConfig, FlowerOptions]:
@@ -101,8 +105,8 @@ def from_user_config(user: Mapping[str, object]) -> tuple[RunConfig, FlowerOptio
                 kw[f.name] = {p.split(":")[0]: float(p.split(":")[1]) for p in parts}
             else:
                 kw[f.name] = parts
-        elif f.name == "widths":
-            kw[f.name] = [int(w) for w in str(value).split(",") if w.strip()]
+        elif f.name in INT_LISTS:
+            kw[f.name] = INT_LISTS[f.name](int(w) for w in str(value).split(",") if w.strip())
         elif str(f.type).replace(" ", "") == "bool|None" and str(value).lower() in ("true", "false"):
             kw[f.name] = str(value).lower() == "true"  # anything else is left for RunConfig to reject
         else:
