@@ -196,10 +196,7 @@ def run(
         test = fed.test_for(rnd)
         server = strategy.server_model
         with bench.phase("server evaluation", server, test.x, len(test.x)):
-            server_acc = train.evaluate(server, test.x, test.y, device=fed.device, amp=fed.amp)
-            # the per-round subset in the last round too (a robustness column over the last rounds; selects nothing)
-            subset_acc = server_acc if test is fed.test else train.evaluate(
-                server, fed.test.x, fed.test.y, device=fed.device, amp=fed.amp)  # fmt: skip
+            accuracy = fed.accuracy_columns(server, rnd)
         dead = {}
         if fed.diagnose(rnd):  # dead ReLU units of the server model and the uploads, on a fixed probe batch
             with bench.phase("dead units (diagnostic)"):
@@ -216,9 +213,7 @@ def run(
             "algorithm": strategy.name,
             **codec_columns(cfg),
             "round": rnd,
-            "server_acc": server_acc,
-            "test_n": len(test.y),
-            "subset_acc": subset_acc,
+            **accuracy,
             "client_acc_mean": float(st["acc"].mean()),
             **extra,
             "participants": len(active),
@@ -247,7 +242,7 @@ def run(
             report.save_table(pd.DataFrame(rows), cfg.save_as, cfg.profile)
         if saving and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.rounds):
             checkpoint.save(cfg, fp, _snapshot(rnd, rows, strategy, fed, ledger))
-        bar.set_postfix(acc=f"{server_acc:.3f}", MB=f"{(cum_up + cum_down) / 1e6:.1f}")
+        bar.set_postfix(acc=f"{accuracy['server_acc']:.3f}", MB=f"{(cum_up + cum_down) / 1e6:.1f}")
     bar.close()
     if checkpointed:
         checkpoint.finish(cfg, keep=cfg.keep_checkpoints)

@@ -87,6 +87,18 @@ class Federation:
         round (``RunConfig.final_test``), the per-round subset (``test_size``) before it."""
         return self.final_test if self.final_test is not None and rnd >= self.cfg.rounds else self.test
 
+    def accuracy_columns(self, model: nn.Module, rnd: int) -> dict[str, float | int]:
+        """The history's ``server_acc`` (on :meth:`test_for` of ``rnd``), ``test_n`` and ``subset_acc`` (on the
+        per-round subset in every round, the last included: a robustness column over the last rounds)."""
+
+        def accuracy(part: data.Data) -> float:
+            return train.evaluate(model, part.x, part.y, device=self.device, amp=self.amp)
+
+        test = self.test_for(rnd)
+        acc = accuracy(test)
+        subset = acc if test is self.test else accuracy(self.test)
+        return {"server_acc": acc, "test_n": len(test.y), "subset_acc": subset}
+
     def diagnose(self, rnd: int) -> bool:
         """Whether round ``rnd`` measures the diagnostics that do not feed the algorithm (each client's and
         the ensemble's test accuracy): every ``diagnostics_every`` rounds and always in the last."""

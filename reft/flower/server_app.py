@@ -35,7 +35,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
-from reft import comm, data, engine, federation, report, strategies, train
+from reft import comm, data, engine, federation, report, strategies
 from reft.config import RunConfig
 from reft.flower import config as fconfig
 from reft.flower import wire
@@ -224,10 +224,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
             t_s = time.perf_counter()
             if uploads:  # the strategy aggregates what arrived; nothing arrived: the server model stays as it is
                 extra = strategy.aggregate(fed, rnd, uploads)
-            test = fed.test_for(rnd)
-            server_acc = train.evaluate(strategy.server_model, test.x, test.y, device=fed.device, amp=fed.amp)
-            subset_acc = server_acc if test is fed.test else train.evaluate(
-                strategy.server_model, fed.test.x, fed.test.y, device=fed.device, amp=fed.amp)  # fmt: skip
+            accuracy = fed.accuracy_columns(strategy.server_model, rnd)
             server_s = time.perf_counter() - t_s
             up, down = sum(s["up"] for s in stats), sum(s["down"] for s in stats)
             cum_up, cum_down = cum_up + up, cum_down + down
@@ -236,9 +233,7 @@ def serve(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions, splits: data.
                     "algorithm": strategy.name,
                     **engine.codec_columns(cfg),
                     "round": rnd,
-                    "server_acc": server_acc,
-                    "test_n": len(test.y),
-                    "subset_acc": subset_acc,
+                    **accuracy,
                     "client_acc_mean": float(pd.Series([s["acc"] for s in stats], dtype=float).mean()),
                     **extra,
                     "participants": len(active),
