@@ -67,6 +67,29 @@ def test_run_config_round_trip():
     assert weighted.tier_mix == {"laptop": 1.0, "phone": 2.0}
 
 
+@needs_flwr
+def test_discovery_gives_first_replies_a_round_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node's first reply waits for it to load and partition its data: under load (or on a Raspberry Pi)
+    that takes longer than connecting, so discovery must wait ``round_timeout``, not ``node_timeout``."""
+    from types import SimpleNamespace
+
+    from reft.flower import server_app
+
+    waited: list[float] = []
+
+    def no_replies(grid, messages, timeout, poll=0.2):
+        waited.append(timeout)
+        return {}, {}
+
+    monkeypatch.setattr(server_app, "exchange", no_replies)
+    monkeypatch.setattr(server_app, "Message", lambda content, **kw: SimpleNamespace(content=content, **kw))
+    grid = SimpleNamespace(get_node_ids=lambda: [11, 12, 13])
+    opts = fconfig.FlowerOptions(node_timeout=1.0, round_timeout=7.0)
+    with pytest.raises(RuntimeError, match=r"No SuperNode reported partition-ids \[0, 1, 2\]"):
+        server_app.discover(grid, _tiny(), opts)
+    assert waited == [7.0]
+
+
 def test_run_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="Unknown REFT run-config keys.*'epochs'"):
         fconfig.from_user_config({"epochs": 3})

@@ -137,7 +137,8 @@ def discover(grid: Grid, cfg: RunConfig, opts: fconfig.FlowerOptions) -> list[Re
     """Ask every connected SuperNode who it is; one :class:`RemoteClient` per partition id, in order."""
     nodes = _wait_for_nodes(grid, cfg.n_clients, opts.node_timeout, opts.poll_interval)
     hello = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in nodes]
-    replies, failed = exchange(grid, hello, opts.node_timeout, opts.poll_interval)
+    # a node's first reply waits for it to load and partition the data: a round's patience, not a connection's
+    replies, failed = exchange(grid, hello, opts.round_timeout, opts.poll_interval)
     clients: dict[int, RemoteClient] = {}
     for node, reply in replies.items():
         info = reply.content["info"]
