@@ -10,6 +10,12 @@ the new file, never half of one; the last :data:`KEEP` checkpoints are kept, and
 
 A checkpoint is only resumed by the run that wrote it: the fingerprint covers every config field that
 changes results (not ``rounds``, so a finished run can be extended) and the data the run was given.
+
+A finished run also leaves a small **record**, ``results/<profile>/records/<save_as>.json``: its
+fingerprint, history, Ledger rows and client table, without models. Checkpoints are large and stay out
+of git; a record is committed with the results, so a long reference run spread over several machines or
+sessions (a fresh clone each) returns its finished runs at once from their records. A run brought back
+from its record has its numbers but not its models (:attr:`reft.engine.RunResult.restored`).
 """
 
 from __future__ import annotations
@@ -195,6 +201,54 @@ def finish(cfg: RunConfig, keep: bool = True) -> None:
         path.unlink(missing_ok=True)
     if folder.exists() and not any(folder.iterdir()):
         folder.rmdir()
+
+
+def record_path(cfg: RunConfig) -> Path:
+    if not cfg.save_as:
+        raise ValueError("Records belong to a saved run: set RunConfig.save_as.")
+    return report.results_dir(cfg.profile) / "records" / f"{cfg.save_as}.json"
+
+
+def save_record(cfg: RunConfig, fp: str, history: list[dict], ledger: list[dict], clients: list[dict]) -> Path:
+    """Write a finished run's record atomically (see the module's docstring)."""
+    doc = {"format": FORMAT, "fingerprint": fp, "config": config_fields(cfg), "rounds": len(history),
+           "history": history, "ledger": ledger, "clients": clients}  # fmt: skip
+    path = record_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, default=_json_value)
+    report.atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def _json_value(v: Any) -> Any:
+    """numpy scalars and tuples in history rows and client tables, as JSON stores them."""
+    return v.item() if isinstance(v, np.generic) else list(v)
+
+
+def load_record(cfg: RunConfig, fp: str) -> dict | None:
+    """This run's record when it ran exactly ``cfg.rounds`` rounds (None when there is none, or when it ran
+    another number: without models it can be neither extended nor cut, since its Ledger and client table
+    are those of its last round); :class:`CheckpointError` when it is damaged or was written by a different run."""
+    path = record_path(cfg)
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"Record {path} is damaged ({e}); delete it to run again.") from e
+    if doc.get("format") != FORMAT or doc.get("fingerprint") != fp:
+        theirs, ours = doc.get("config", {}), config_fields(cfg)
+        diff = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted({*ours, *theirs})
+                if _plain(theirs.get(k)) != _plain(ours.get(k))]  # fmt: skip
+        raise CheckpointError(
+            f"The record {path} was written by a different run ({'; '.join(diff) or 'same config, different data'})."
+            " Use another save_as, resume=False, or delete it."
+        )
+    if doc["rounds"] != cfg.rounds:
+        warnings.warn(f"{path} ran {doc['rounds']} rounds, not {cfg.rounds}, and keeps no models: running again.",
+                      stacklevel=2)  # fmt: skip
+        return None
+    return doc
 
 
 def encode_models(models: dict[str, nn.Module]) -> dict[str, bytes]:

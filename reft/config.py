@@ -252,14 +252,18 @@ class RunConfig:
         (:data:`reft.data.AUGMENT_BY_DEFAULT`: on for CIFAR-10, off for Fashion-MNIST)."""
         return self.augment if self.augment is not None else data.AUGMENT_BY_DEFAULT.get(self.dataset, False)
 
+    def lr_factor(self, rnd: int) -> float:
+        """``lr_gamma`` to the number of milestones before round ``rnd`` (1-based): the decay of that round."""
+        return self.lr_gamma ** sum(m < rnd for m in self.lr_milestones)
+
     def lr_at(self, rnd: int) -> float:
-        """The local learning rate of round ``rnd`` (1-based): ``lr`` times ``lr_gamma`` per milestone before it."""
-        return self.lr * self.lr_gamma ** sum(m < rnd for m in self.lr_milestones)
+        """The local learning rate of round ``rnd``: ``lr`` times :meth:`lr_factor`."""
+        return self.lr * self.lr_factor(rnd)
 
     def distill_lr_at(self, rnd: int) -> float:
-        """The server's distillation learning rate in round ``rnd``: ``distill_lr``, decayed like the local lr
-        when ``distill_lr_decay`` is set (so that every optimizer of the federation anneals together)."""
-        return self.distill_lr * (self.lr_at(rnd) / self.lr if self.distill_lr_decay else 1.0)
+        """The server's distillation learning rate in round ``rnd``: ``distill_lr``, times the same
+        :meth:`lr_factor` when ``distill_lr_decay`` is set (every optimizer of the federation anneals together)."""
+        return self.distill_lr * (self.lr_factor(rnd) if self.distill_lr_decay else 1.0)
 
     def replace(self, **changes) -> RunConfig:
         """A validated copy with some fields changed."""

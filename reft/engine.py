@@ -70,9 +70,19 @@ class RunResult:
     clients: pd.DataFrame
     client_models: dict[int, nn.Module] = field(repr=False)
     strategy: Strategy = field(repr=False)
+    restored: bool = False  # brought back from its record (reft.checkpoint): numbers, no trained models
+
+    def __post_init__(self) -> None:
+        if self.restored:
+            self.client_models = {}
 
     def client_accuracy(self, test: data.Data) -> pd.DataFrame:
         """The client table plus each client's final local model's accuracy on ``test``."""
+        if self.restored:
+            raise ValueError(
+                f"Run {self.config.save_as!r} came back from its record, which keeps no models; run it with"
+                " resume=False for its clients' accuracy."
+            )
         dev = self.config.device
         acc = {i: train.evaluate(m, test.x, test.y, device=dev) for i, m in self.client_models.items()}
         return self.clients.assign(test_acc=self.clients["client"].map(acc))
@@ -133,6 +143,13 @@ def run(
     saving = bool(cfg.save_as) and cfg.checkpoint_every > 0
     checkpointed = saving or (resume and bool(cfg.save_as))  # checkpoints are written or read
     fp = checkpoint.fingerprint(cfg, splits) if checkpointed else ""
+    state = checkpoint.latest(cfg, fp) if resume and checkpointed else None
+    record = checkpoint.load_record(cfg, fp) if resume and cfg.save_as and state is None else None
+    if record is not None:  # finished, on another machine or in an earlier session: its numbers at once
+        history = pd.DataFrame(record["history"])
+        report.save_table(history, cfg.save_as, cfg.profile)
+        ledger.rows = record["ledger"]
+        return RunResult(cfg, history, ledger, pd.DataFrame(record["clients"]), {}, strategy, restored=True)
     t0 = time.perf_counter()
     strategy.setup(fed)
     setup_s = time.perf_counter() - t0
@@ -140,9 +157,9 @@ def run(
     cum_up = cum_down = 0
     cum_sim = 0.0
     start = 1
-    state = checkpoint.latest(cfg, fp) if resume and checkpointed else None
     if state is None and saving:
         checkpoint.finish(cfg, keep=False)  # a fresh run: older checkpoints under this name are not its own
+        checkpoint.record_path(cfg).unlink(missing_ok=True)  # nor is an older record
     if state is not None:
         _restore(state, strategy, fed, ledger)
         rows, start, setup_s = state.history[: cfg.rounds], state.round + 1, 0.0
@@ -244,17 +261,15 @@ def run(
             checkpoint.save(cfg, fp, _snapshot(rnd, rows, strategy, fed, ledger))
         bar.set_postfix(acc=f"{accuracy['server_acc']:.3f}", MB=f"{(cum_up + cum_down) / 1e6:.1f}")
     bar.close()
+    clients = client_table(fed, ledger)
+    if cfg.save_as:
+        checkpoint.save_record(cfg, fp or checkpoint.fingerprint(cfg, splits), rows, ledger.rows,
+                               clients.to_dict("records"))  # fmt: skip
     if checkpointed:
         checkpoint.finish(cfg, keep=cfg.keep_checkpoints)
     history = pd.DataFrame(rows)
-    return RunResult(
-        cfg,
-        history,
-        ledger,
-        client_table(fed, ledger),
-        {c.id: c.model for c in fed.clients if c.model is not None},
-        strategy,
-    )
+    models = {c.id: c.model for c in fed.clients if c.model is not None}
+    return RunResult(cfg, history, ledger, clients, models, strategy)
 
 
 def _snapshot(rnd: int, rows: list[dict], strategy: Strategy, fed: Federation, ledger: comm.Ledger) -> checkpoint.State:

@@ -141,13 +141,18 @@ def partial_path(job: Job, profile: str) -> Path:
 
 class Clock:
     """A notebook's run time across interruptions: while it runs, the seconds so far (earlier interrupted
-    executions of the same fingerprint included) are written to ``NAME.partial.json`` every ``every`` seconds,
-    so a killed run leaves its time behind and the resumed one adds to it."""
+    executions of the same notebook and parameters included) are written to ``NAME.partial.json`` every
+    ``every`` seconds, so a killed run leaves its time behind and the resumed one adds to it. ``key``
+    identifies the notebook and its parameters; ``code`` is the package's fingerprint: a resumed execution
+    on changed code still adds the earlier time (its finished runs come back from their checkpoints and
+    records) and :attr:`code_changed` says so in the stamp."""
 
-    def __init__(self, path: Path, fp: str, every: float = 30.0) -> None:
-        self.path, self.fp, self.every = path, fp, every
+    def __init__(self, path: Path, key: str, code: str = "", every: float = 30.0) -> None:
+        self.path, self.key, self.code, self.every = path, key, code, every
         old = json.loads(path.read_text()) if path.is_file() else {}
-        self.before = float(old.get("seconds", 0.0)) if old.get("fingerprint") == fp else 0.0
+        same = old.get("fingerprint") == key
+        self.before = float(old.get("seconds", 0.0)) if same else 0.0
+        self.code_changed = bool(same and (old.get("code_changed") or old.get("code", code) != code))
         self.t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
@@ -156,7 +161,8 @@ class Clock:
         return self.before + time.perf_counter() - self.t0
 
     def _write(self) -> None:
-        doc = {"fingerprint": self.fp, "seconds": round(self.seconds(), 1)}
+        doc = {"fingerprint": self.key, "code": self.code, "code_changed": self.code_changed,
+               "seconds": round(self.seconds(), 1)}  # fmt: skip
         report.atomic_write(self.path, lambda p: p.write_text(json.dumps(doc)))
 
     def _beat(self) -> None:
@@ -223,7 +229,7 @@ def _run(profile: str, jobs: list[Job], force: bool) -> int:
         stamp_path(job, profile).unlink(missing_ok=True)
         out = executed_dir / job.notebook.name
         print(f"[run ] {job.name} with {job.parameters}")
-        clock = Clock(partial_path(job, profile), fp)
+        clock = Clock(partial_path(job, profile), fingerprint(job, ""), code)
         try:
             with clock:
                 papermill.execute_notebook(
@@ -239,6 +245,7 @@ def _run(profile: str, jobs: list[Job], force: bool) -> int:
             "fingerprint": fp,
             "seconds": round(seconds, 1),  # earlier interrupted executions included (Clock)
             "interrupted_s": round(clock.before, 1),
+            "code_changed_while_interrupted": clock.code_changed,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "parameters": job.parameters,
             "outputs": [p.relative_to(root).as_posix() for p in outputs_of(job, profile)],
@@ -303,7 +310,8 @@ def write_run_record(profile: str, jobs: list[Job]) -> Path:
 
 
 def measured(profile: str) -> str:
-    """`` [measured: N s of notebook time, RUN.md]`` from the profile's run record, or ``""`` without one."""
+    """`` [measured: N s (H h) of notebook time, K notebooks]`` from the profile's run record (``RUN.csv``),
+    or `` [not measured yet]`` without one."""
     path = report.results_dir(profile) / "RUN.csv"
     if not path.is_file():
         return " [not measured yet]"

@@ -123,3 +123,25 @@ def test_checkpoints_of_another_run_are_refused(splits) -> None:
         engine.run(cfg, splits.subsample(private=2000, public=1000, test=1000, seed=1), resume=True)
     more = engine.run(cfg.replace(rounds=2), splits, resume=True)  # more rounds: the same run, extended
     _same(more, engine.run(cfg.replace(rounds=2, save_as=None), splits))
+
+
+def test_a_finished_run_comes_back_from_its_record_in_a_fresh_clone(splits) -> None:
+    """Checkpoints stay out of git; the committed record returns a finished run's numbers without training."""
+    import shutil
+
+    cfg = RunConfig(**{**TINY, "rounds": 2}, algorithm="reft", save_as="ckpt_record")
+    first = engine.run(cfg, splits)
+    shutil.rmtree(checkpoint.directory(cfg))  # what a fresh clone has: the record, no checkpoints
+    back = engine.run(cfg, splits, resume=True)
+    assert back.restored and not first.restored and back.client_models == {}
+    pd.testing.assert_frame_equal(back.history, first.history)  # wall times too: nothing ran again
+    pd.testing.assert_frame_equal(back.clients, first.clients)
+    assert back.ledger.rows == first.ledger.rows and back.strategy.name == first.strategy.name
+    with pytest.raises(ValueError, match="keeps no models"):
+        back.client_accuracy(splits.test)
+
+    with pytest.raises(checkpoint.CheckpointError, match=r"record .* different run \(lr: 0.05 there, 0.1 here"):
+        engine.run(cfg.replace(lr=0.1), splits, resume=True)
+    with pytest.warns(UserWarning, match="ran 2 rounds, not 3"):  # no models to extend it from: it runs again
+        longer = engine.run(cfg.replace(rounds=3), splits, resume=True)
+    assert not longer.restored and len(longer.history) == 3

@@ -110,19 +110,26 @@ def test_progress_of_a_notebook_streams_to_the_terminal(nbdir: Path, capsys: pyt
 
 def test_an_interrupted_notebooks_time_is_kept_and_added_when_it_resumes(nbdir: Path, capsys) -> None:
     (job,) = reproduce.plan("tiny", PROFILES)
-    fp = reproduce.fingerprint(job, reproduce.code_fingerprint())
+    key, code = reproduce.fingerprint(job, ""), reproduce.code_fingerprint()
     partial = reproduce.partial_path(job, "tiny")
     partial.parent.mkdir(parents=True)
     # what a killed execution of the same notebook and parameters leaves behind (its heartbeat)
-    partial.write_text(json.dumps({"fingerprint": fp, "seconds": 1000.0}))
+    partial.write_text(json.dumps({"fingerprint": key, "code": code, "seconds": 1000.0}))
     assert reproduce.run("tiny", [job]) == 0
     stamp = json.loads(reproduce.stamp_path(job, "tiny").read_text())
     assert stamp["interrupted_s"] == 1000.0 and 1000.0 < stamp["seconds"] < 1000.0 + 300
+    assert stamp["code_changed_while_interrupted"] is False
     assert not partial.exists() and "1000 s of them before an interruption" in capsys.readouterr().out
     assert pd.read_csv(report.results_dir("tiny") / "RUN.csv")["seconds"].iloc[-1] == stamp["seconds"]
     assert "measured:" in reproduce.measured("tiny") and reproduce.measured("other") == " [not measured yet]"
 
-    partial.write_text(json.dumps({"fingerprint": "another run", "seconds": 1000.0}))  # other parameters or code
+    # the same notebook and parameters on changed code (e.g. a fix between sessions): the time is kept, and said
+    partial.write_text(json.dumps({"fingerprint": key, "code": "older code", "seconds": 500.0}))
+    assert reproduce.run("tiny", [job], force=True) == 0
+    stamp = json.loads(reproduce.stamp_path(job, "tiny").read_text())
+    assert stamp["interrupted_s"] == 500.0 and stamp["code_changed_while_interrupted"] is True
+
+    partial.write_text(json.dumps({"fingerprint": "another run", "seconds": 1000.0}))  # other notebook or parameters
     assert reproduce.run("tiny", [job], force=True) == 0
     assert json.loads(reproduce.stamp_path(job, "tiny").read_text())["interrupted_s"] == 0.0
 

@@ -54,6 +54,10 @@ def _sentinel(py: type) -> object:
     return {int: 0, float: 0.0, str: "", bool: False}[py]
 
 
+# RunConfig fields that are sequences of ints: comma-joined in Flower's flat run config, rebuilt as this type
+INT_LISTS = {"widths": list, "lr_milestones": tuple}
+
+
 def to_user_config(cfg: RunConfig, options: FlowerOptions | None = None) -> dict[str, bool | int | float | str]:
     """A flat Flower run config (dash keys, scalars only) holding ``cfg`` and ``options``."""
     out: dict[str, bool | int | float | str] = {}
@@ -76,10 +80,6 @@ def to_user_config(cfg: RunConfig, options: FlowerOptions | None = None) -> dict
     for k, v in asdict(options or FlowerOptions()).items():
         out[_key(k)] = v
     return out
-
-
-# RunConfig fields that are sequences of ints: comma-joined in Flower's flat run config, rebuilt as this type
-INT_LISTS = {"widths": list, "lr_milestones": tuple}
 
 
 def from_user_config(user: Mapping[str, object]) -> tuple[RunConfig, FlowerOptions]:
