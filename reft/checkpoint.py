@@ -181,16 +181,20 @@ def latest(cfg: RunConfig, fp: str) -> State | None:
             warnings.warn(f"{e} Trying the one before it.", stacklevel=2)
             continue
         if doc["fingerprint"] != fp:
-            theirs, ours = doc["config"], config_fields(cfg)
-            diff = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted({*ours, *theirs})
-                    if _plain(theirs.get(k)) != _plain(ours.get(k))]  # fmt: skip
-            raise CheckpointError(
-                f"The checkpoints in {folder} were written by a different run "
-                f"({'; '.join(diff) or 'same config, different data'}). Use another save_as, resume=False, "
-                "or delete that folder."
-            )
+            raise _other_run(f"The checkpoints in {folder} were", doc["config"], cfg, "that folder")
         return state
     return None
+
+
+def _other_run(subject: str, theirs: dict[str, Any], cfg: RunConfig, delete: str) -> CheckpointError:
+    """The refusal of a checkpoint or record written by another run, naming the config fields that differ."""
+    ours = config_fields(cfg)
+    diff = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted({*ours, *theirs})
+            if _plain(theirs.get(k)) != _plain(ours.get(k))]  # fmt: skip
+    return CheckpointError(
+        f"{subject} written by a different run "
+        f"({'; '.join(diff) or 'same config, different data'}). Use another save_as, resume=False, or delete {delete}."
+    )
 
 
 def finish(cfg: RunConfig, keep: bool = True) -> None:
@@ -237,13 +241,7 @@ def load_record(cfg: RunConfig, fp: str) -> dict | None:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"Record {path} is damaged ({e}); delete it to run again.") from e
     if doc.get("format") != FORMAT or doc.get("fingerprint") != fp:
-        theirs, ours = doc.get("config", {}), config_fields(cfg)
-        diff = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted({*ours, *theirs})
-                if _plain(theirs.get(k)) != _plain(ours.get(k))]  # fmt: skip
-        raise CheckpointError(
-            f"The record {path} was written by a different run ({'; '.join(diff) or 'same config, different data'})."
-            " Use another save_as, resume=False, or delete it."
-        )
+        raise _other_run(f"The record {path} was", doc.get("config", {}), cfg, "it")
     if doc["rounds"] != cfg.rounds:
         warnings.warn(f"{path} ran {doc['rounds']} rounds, not {cfg.rounds}, and keeps no models: running again.",
                       stacklevel=2)  # fmt: skip
