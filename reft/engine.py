@@ -72,10 +72,6 @@ class RunResult:
     strategy: Strategy = field(repr=False)
     restored: bool = False  # brought back from its record (reft.checkpoint): numbers, no trained models
 
-    def __post_init__(self) -> None:
-        if self.restored:
-            self.client_models = {}
-
     def client_accuracy(self, test: data.Data) -> pd.DataFrame:
         """The client table plus each client's final local model's accuracy on ``test``."""
         if self.restored:
