@@ -73,6 +73,7 @@ def main_results() -> str:
             "method": METHODS.get(d["method"], d["method"]),
             "seeds": int(d["final_acc_n"]),
             "final acc (%), mean ± 95% CI": pm(d["final_acc_mean"], d["final_acc_ci_low"], d["final_acc_ci_high"]),
+            "last 5 rounds, subset (%)": fmt(100 * d["last5_subset_acc_mean"], ".1f", "-"),
             "method − REFT (points), 95% CI": "reference" if pd.isna(d["diff_mean"]) else interval(
                 d["diff_mean"], d["diff_ci_low"], d["diff_ci_high"]),
             "verdict vs REFT": "-" if pd.isna(d["verdict"]) else d["verdict"],
