@@ -15,6 +15,7 @@ writes ``results/fmnist/spread_check.csv`` (one row per method, seed and class).
 from __future__ import annotations
 
 import argparse
+import ast
 
 import pandas as pd
 import torch
@@ -29,7 +30,7 @@ PROFILE = "fmnist"
 def notebook03_config() -> RunConfig:
     """Notebook 03's RunConfig under the fmnist profile (its declared defaults, then the profile's values)."""
     (job,) = reproduce.plan(PROFILE, reproduce.load_profiles(), only=["03"])
-    p = reproduce.declared_parameters(job.notebook) | job.parameters
+    p = {k: ast.literal_eval(v) for k, v in reproduce.declared_parameters(job.notebook).items()} | job.parameters
     fields = set(RunConfig.__dataclass_fields__) - {"seed", "resume", "profile", "save_as"}
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in p.items() if k in fields}
     return RunConfig(**kw, profile=PROFILE, progress=False)
