@@ -100,6 +100,17 @@ def test_assign_errors(table):
         tiers.assign(3, {"phone": 0}, table)
 
 
+def test_run_config_checks_the_tier_mix_and_table_at_construction(tmp_path):
+    """A misspelled tier or a missing tier table fails when the config is made, not when a run starts."""
+    with pytest.raises(ValueError, match=r"Invalid RunConfig: tier_mix: Unknown tier 'mixd'\. Valid tiers: datacenter"):
+        RunConfig(tier_mix="mixd")
+    with pytest.raises(ValueError, match="tier_mix: Unknown tier 'tpu'"):
+        RunConfig(tier_mix={"phone": 1, "tpu": 2})
+    with pytest.raises(ValueError, match="tiers_path: Tier table .*missing.csv not found"):
+        RunConfig(tiers_path=str(tmp_path / "missing.csv"))
+    assert RunConfig(tier_mix=["phone", "laptop"]).tier_mix == ["phone", "laptop"]
+
+
 def test_round_time_by_hand(table):
     row = table.loc["raspberry_pi_4"]
     got = tiers.round_time(table, "raspberry_pi_4", train_flops=1e12, bytes_down=1_000_000, bytes_up=500_000)
