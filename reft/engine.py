@@ -129,13 +129,7 @@ def run(
     resume = cfg.resume if resume is None else resume
     whole = source(cfg, splits)
     splits = prepare(cfg, whole)
-    fed = Federation(cfg, splits, final_test=final_test(cfg, whole))
-    warn_amp(cfg, fed.device)
-    strategy = strategy or strategies.create(cfg.algorithm)
-    if strategy.uses_public and len(splits.public) == 0:
-        raise ValueError(f"{strategy.name} uses the public set, which public_size=0 leaves empty; give it >= 1.")
     ledger = comm.Ledger()
-    max_up = max_upload_bytes(fed)
     saving = bool(cfg.save_as) and cfg.checkpoint_every > 0
     checkpointed = saving or (resume and bool(cfg.save_as))  # checkpoints are written or read
     fp = checkpoint.fingerprint(cfg, splits) if checkpointed else ""
@@ -145,7 +139,14 @@ def run(
         history = pd.DataFrame(record["history"])
         report.save_table(history, cfg.save_as, cfg.profile)
         ledger.rows = record["ledger"]
+        strategy = strategy or strategies.create(cfg.algorithm)  # named only: no Federation, no models
         return RunResult(cfg, history, ledger, pd.DataFrame(record["clients"]), {}, strategy, restored=True)
+    fed = Federation(cfg, splits, final_test=final_test(cfg, whole))
+    warn_amp(cfg, fed.device)
+    strategy = strategy or strategies.create(cfg.algorithm)
+    if strategy.uses_public and len(splits.public) == 0:
+        raise ValueError(f"{strategy.name} uses the public set, which public_size=0 leaves empty; give it >= 1.")
+    max_up = max_upload_bytes(fed)
     t0 = time.perf_counter()
     strategy.setup(fed)
     setup_s = time.perf_counter() - t0

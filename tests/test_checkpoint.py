@@ -125,14 +125,17 @@ def test_checkpoints_of_another_run_are_refused(splits) -> None:
     _same(more, engine.run(cfg.replace(rounds=2, save_as=None), splits))
 
 
-def test_a_finished_run_comes_back_from_its_record_in_a_fresh_clone(splits) -> None:
-    """Checkpoints stay out of git; the committed record returns a finished run's numbers without training."""
+def test_a_finished_run_comes_back_from_its_record_in_a_fresh_clone(splits, monkeypatch) -> None:
+    """Checkpoints stay out of git; the committed record returns a finished run's numbers without training
+    (nor building its Federation: no models, no tiers)."""
     import shutil
 
     cfg = RunConfig(**{**TINY, "rounds": 2}, algorithm="reft", save_as="ckpt_record")
     first = engine.run(cfg, splits)
     shutil.rmtree(checkpoint.directory(cfg))  # what a fresh clone has: the record, no checkpoints
-    back = engine.run(cfg, splits, resume=True)
+    with monkeypatch.context() as m:
+        m.setattr(engine, "Federation", lambda *a, **k: pytest.fail("a restored run built its Federation"))
+        back = engine.run(cfg, splits, resume=True)
     assert back.restored and not first.restored and back.client_models == {}
     pd.testing.assert_frame_equal(back.history, first.history)  # wall times too: nothing ran again
     pd.testing.assert_frame_equal(back.clients, first.clients)
