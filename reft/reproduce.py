@@ -247,13 +247,14 @@ def _run(profile: str, jobs: list[Job], force: bool) -> int:
             "interrupted_s": round(clock.before, 1),
             "code_changed_while_interrupted": clock.code_changed,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "commit": machine()["commit"],
             "parameters": job.parameters,
             "outputs": [p.relative_to(root).as_posix() for p in outputs_of(job, profile)],
         }
         report.atomic_write(stamp_path(job, profile), lambda p, d=done: p.write_text(json.dumps(d, indent=1)))
         print(f"[done] {job.name} in {seconds:.0f} s" + (f" ({clock.before:.0f} s of them before an interruption)"
                                                           if clock.before else ""))  # fmt: skip
-    write_run_record(profile, jobs)
+    write_run_record(profile)
     print(f"Profile {profile!r} complete in {time.perf_counter() - t_all:.0f} s; see {report.results_dir(profile)}")
     return 0
 
@@ -277,18 +278,24 @@ def machine() -> dict:
     }
 
 
-def write_run_record(profile: str, jobs: list[Job]) -> Path:
+def write_run_record(profile: str) -> Path:
     """``results/P/RUN.md``: what ran, where, with which code, and how long each notebook took (the
-    times also as ``results/P/RUN.csv``, one row per notebook and a ``total`` row)."""
+    times also as ``results/P/RUN.csv``, one row per notebook and a ``total`` row). It lists every notebook
+    of the profile that has finished, also those a ``--only`` run left as they were, each with the commit
+    it ran at (``-`` for stamps older than that field); the header's machine is this run's."""
     import pandas as pd
 
     rows, times, total = [], [], 0.0
-    for job in jobs:
-        d = json.loads(stamp_path(job, profile).read_text())
-        rows.append(f"| {job.name} | {d['seconds']} | {d['finished']} |")
-        times.append({"notebook": job.name, "seconds": d["seconds"], "finished": d["finished"]})
+    for nb in sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb")):
+        stamp = stamp_path(Job(nb, {}), profile)
+        if not stamp.is_file():
+            continue
+        d = json.loads(stamp.read_text())
+        commit = d.get("commit", "-")
+        rows.append(f"| {nb.stem} | {d['seconds']} | {d['finished']} | {commit} |")
+        times.append({"notebook": nb.stem, "seconds": d["seconds"], "finished": d["finished"], "commit": commit})
         total += d["seconds"]
-    times.append({"notebook": "total", "seconds": round(total, 1), "finished": ""})
+    times.append({"notebook": "total", "seconds": round(total, 1), "finished": "", "commit": ""})
     report.save_table(pd.DataFrame(times), "RUN", profile)
     m = machine()
     text = "\n".join(
@@ -297,8 +304,8 @@ def write_run_record(profile: str, jobs: list[Job]) -> Path:
             "",
             *[f"- {k}: {v}" for k, v in m.items()],
             "",
-            "| notebook | wall time (s) | finished (UTC) |",
-            "| --- | --- | --- |",
+            "| notebook | wall time (s) | finished (UTC) | commit |",
+            "| --- | --- | --- | --- |",
             *rows,
             "",
             f"Total notebook time: {total:.0f} s (each notebook's last complete run, with the time of earlier"

@@ -269,12 +269,18 @@ def run_profiles() -> str:
     for profile, command in COMMANDS.items():
         run, record = RESULTS / profile / "RUN.csv", RESULTS / profile / "RUN.md"
         if run.is_file():
-            t = pd.read_csv(run).set_index("notebook")
-            commit = re.search(r"^- commit: (\w+)", record.read_text(), re.M) if record.is_file() else None
+            t = pd.read_csv(run, dtype={"commit": str}).set_index("notebook")
+            header = re.search(r"^- commit: (\w+)", record.read_text(), re.M) if record.is_file() else None
+            commits = set(t["commit"].drop("total", errors="ignore")) if "commit" in t else set()
             n = len(t) - ("total" in t.index)
             measured = f"{t.loc['total', 'seconds']:.0f} s ({t.loc['total', 'seconds'] / 60:.1f} min), {n} notebooks"
             where = f"[results/{profile}/RUN.md](results/{profile}/RUN.md)"
-            where += f", commit {commit.group(1)}" if commit else ""
+            if len(commits) > 1:  # a notebook re-run alone (--only) at a later commit
+                where += ", commits per notebook there"
+            elif commits and commits != {"-"}:
+                where += f", commit {commits.pop()}"
+            elif header:
+                where += f", commit {header.group(1)}"
         else:
             measured, where = "not measured yet", "-"
         rows.append({"command": f"`{command}`", "profile": f"`{profile}`", "notebook time, measured": measured,

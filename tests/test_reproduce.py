@@ -69,6 +69,21 @@ def test_run_then_resume_skips_current_and_reruns_changed(nbdir: Path, capsys: p
     assert "[run ] 00_table" in capsys.readouterr().out and table.is_file()
 
 
+def test_a_run_of_one_notebook_keeps_the_others_in_the_run_record(nbdir: Path) -> None:
+    """``--only 01`` re-runs one notebook; RUN.md and RUN.csv still list every finished notebook, each with
+    the commit it ran at."""
+    _notebook(nbdir / "01_other.ipynb", "x = 1")
+    assert reproduce.run("tiny", reproduce.plan("tiny", PROFILES)) == 0
+    first = pd.read_csv(report.results_dir("tiny") / "RUN.csv").set_index("notebook")
+    assert reproduce.run("tiny", reproduce.plan("tiny", PROFILES, only=["01"]), force=True) == 0
+    times = pd.read_csv(report.results_dir("tiny") / "RUN.csv").set_index("notebook")
+    assert times.index.tolist() == ["00_table", "01_other", "total"]
+    assert times.loc["00_table", "finished"] == first.loc["00_table", "finished"]  # left as it was
+    assert times.loc["total", "seconds"] == pytest.approx(times["seconds"].iloc[:2].sum(), abs=0.05)
+    assert times.loc["00_table", "commit"] == reproduce.machine()["commit"]
+    assert "| 00_table |" in (report.results_dir("tiny") / "RUN.md").read_text()
+
+
 def test_failed_notebook_exits_nonzero_and_keeps_the_error(nbdir: Path) -> None:
     _notebook(nbdir / "01_broken.ipynb", "raise RuntimeError('boom')")
     jobs = reproduce.plan("tiny", PROFILES)
