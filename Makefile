@@ -43,10 +43,14 @@ browser:
 	  echo "Installing Chromium and chromedriver from Debian's chromium and chromium-driver packages"; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver; }
 
+# Two pytest-xdist workers with one torch thread each (OMP_NUM_THREADS=1, the notebooks' kernels too): two
+# processes of two threads each on two cores slow torch's small ops several times over. Flower's processes
+# stay on one worker (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: setup browser
-	$(FLWR_ENV) FLWR_HOME=$$(mktemp -d) REFT_OUTPUT=$$(mktemp -d) PATH="$(abspath $(VENV))/bin:$$PATH" \
+	$(FLWR_ENV) OMP_NUM_THREADS=1 FLWR_HOME=$$(mktemp -d) REFT_OUTPUT=$$(mktemp -d) PATH="$(abspath $(VENV))/bin:$$PATH" \
 	  scripts/loopback.sh $(PY) -m pytest tests --nbmake notebooks --nbmake-timeout=900 -m "not slow" \
-	  -p no:cacheprovider --durations=15
+	  -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadgroup
 
 reproduce: setup
 	$(FLWR_ENV) FLWR_HOME=$$(mktemp -d) PATH="$(abspath $(VENV))/bin:$$PATH" \

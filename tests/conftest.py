@@ -62,3 +62,14 @@ def _write_tiny_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 30)
 def write_tiny_cifar() -> Callable[..., None]:
     """``write_tiny_cifar(root, n_train_per_batch=20, n_test=30)`` writes a self-made CIFAR-10 folder."""
     return _write_tiny_cifar
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``), everything that starts Flower's
+    processes (the ``flower`` tests and notebook 05) runs on one worker, one at a time, and so do the browser
+    tests: the rest spreads over both workers."""
+    for item in items:
+        if item.get_closest_marker("flower") or item.path.name == "05_flower.ipynb":
+            item.add_marker(pytest.mark.xdist_group("flower"))
+        elif item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
