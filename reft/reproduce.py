@@ -52,6 +52,11 @@ def notebooks_dir() -> Path:
     return PACKAGE.parent / "notebooks"
 
 
+def numbered_notebooks() -> list[Path]:
+    """The runnable notebooks (``NN_name.ipynb``) in run order."""
+    return sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+
+
 def load_profiles(path: Path | None = None) -> dict:
     path = path or notebooks_dir() / "profiles.yaml"
     with open(path) as f:
@@ -72,7 +77,7 @@ def plan(profile: str, profiles: dict, only: list[str] | None = None) -> list[Jo
     spec = profiles[profile] or {}
     common = spec.get("common") or {}
     per_nb = spec.get("notebooks") or {}
-    notebooks = sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+    notebooks = numbered_notebooks()
     names = {nb.stem for nb in notebooks}
     unknown_nb = sorted(set(per_nb) - names)
     if unknown_nb:
@@ -286,7 +291,7 @@ def write_run_record(profile: str) -> Path:
     import pandas as pd
 
     rows, times, total = [], [], 0.0
-    for nb in sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb")):
+    for nb in numbered_notebooks():
         stamp = stamp_path(Job(nb, {}), profile)
         if not stamp.is_file():
             continue

@@ -84,7 +84,7 @@ def test_every_notebook_accepts_its_defaults_and_every_profile() -> None:
     from reft import reproduce
 
     profiles = reproduce.load_profiles()
-    for notebook in sorted(reproduce.notebooks_dir().glob("[0-9][0-9]_*.ipynb")):
+    for notebook in reproduce.numbered_notebooks():
         nb = nbformat.read(notebook, as_version=4)
         i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
         source, check = nb.cells[i].source, nb.cells[i + 1].source
